@@ -1,0 +1,347 @@
+//! EK-FAC and KFAC factor math in f64, on the host.
+//!
+//! The hook accumulates `A = Σ a aᵀ / N` and `S = Σ g gᵀ / N` per layer on the training device;
+//! this crate turns them into eigenbases ([`eigh`]), supplies the KFAC eigenvalues
+//! ([`kfac_eigenvalues`]) and preconditions a gradient with the damped inverse
+//! ([`Preconditioner`]):
+//!
+//! `Q̃ = Q_S [(Q_Sᵀ G Q_A) ⊘ (Λ + λ)] Q_Aᵀ`.
+//!
+//! ```
+//! use influence_ekfac::{eigh, kfac_eigenvalues};
+//! // A diagonal 2×2 factor: eigenvalues ascending, eigenvectors the unit vectors.
+//! let e = eigh(&[3.0, 0.0, 0.0, 1.0], 2).expect("symmetric");
+//! assert!((e.values[0] - 1.0).abs() < 1e-12 && (e.values[1] - 3.0).abs() < 1e-12);
+//! let lambda = kfac_eigenvalues(&e, &e, 2.0);
+//! assert_eq!(lambda.len(), 4);
+//! ```
+
+use faer::{Mat, Side};
+use influence_core::{Eigenbasis, LayerFactors};
+use serde::{Deserialize, Serialize};
+
+/// Errors of the factor math; each names the layer or argument at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum EkfacError {
+    /// A matrix had the wrong number of values.
+    #[error("{what}: expected {expected} values, got {got}")]
+    Shape {
+        /// Which matrix.
+        what: String,
+        /// Expected length.
+        expected: usize,
+        /// Actual length.
+        got: usize,
+    },
+    /// A value was NaN or infinite.
+    #[error("{0} contains a non-finite value")]
+    NonFinite(String),
+    /// The eigensolver did not converge.
+    #[error("eigendecomposition of {0} did not converge")]
+    NoConvergence(String),
+    /// A strategy needs data the factors do not have.
+    #[error("{0}")]
+    Missing(String),
+}
+
+/// Symmetric eigendecomposition of the `n × n` row-major matrix `m` (symmetrised first:
+/// `(M + Mᵀ)/2`). Eigenvalues ascending; eigenvectors in the columns of `vectors`.
+pub fn eigh(m: &[f64], n: usize) -> Result<Eigenbasis, EkfacError> {
+    eigh_named(m, n, "matrix")
+}
+
+/// [`eigh`] with a name for error messages.
+pub fn eigh_named(m: &[f64], n: usize, name: &str) -> Result<Eigenbasis, EkfacError> {
+    if m.len() != n * n {
+        return Err(EkfacError::Shape {
+            what: name.to_string(),
+            expected: n * n,
+            got: m.len(),
+        });
+    }
+    if m.iter().any(|v| !v.is_finite()) {
+        return Err(EkfacError::NonFinite(name.to_string()));
+    }
+    let sym = Mat::<f64>::from_fn(n, n, |i, j| 0.5 * (m[i * n + j] + m[j * n + i]));
+    let evd = sym
+        .self_adjoint_eigen(Side::Lower)
+        .map_err(|_| EkfacError::NoConvergence(name.to_string()))?;
+    let u = evd.U();
+    let s = evd.S();
+    let mut vectors = vec![0.0; n * n];
+    for i in 0..n {
+        for j in 0..n {
+            vectors[i * n + j] = u[(i, j)];
+        }
+    }
+    let values = (0..n).map(|i| s[i]).collect();
+    Ok(Eigenbasis {
+        dim: n,
+        vectors,
+        values,
+    })
+}
+
+/// KFAC eigenvalues `Λ_ij = c · λ_S,i · λ_A,j` (`d_out × d_in` row-major).
+///
+/// `A` and `S` are per-token averages, so `S ⊗ A` is a per-*token* Fisher; the per-example Fisher
+/// `mean_n vec(G_n) vec(G_n)ᵀ` of `G_n = Σ_{t∈n} g_t a_tᵀ` is `c = tokens per example` times larger
+/// when tokens are uncorrelated. Pass that ratio as `tokens_per_example` so that KFAC and
+/// EK-FAC eigenvalues share one scale.
+pub fn kfac_eigenvalues(eig_s: &Eigenbasis, eig_a: &Eigenbasis, tokens_per_example: f64) -> Vec<f64> {
+    let mut out = Vec::with_capacity(eig_s.dim * eig_a.dim);
+    for &ls in &eig_s.values {
+        for &la in &eig_a.values {
+            // Clamp tiny negative round-off: a covariance has no negative eigenvalues.
+            out.push(tokens_per_example * ls.max(0.0) * la.max(0.0));
+        }
+    }
+    out
+}
+
+/// Which curvature approximation preconditions query gradients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Kronecker eigenbasis with corrected eigenvalues (falls back to KFAC where none were fitted).
+    #[default]
+    Ekfac,
+    /// Kronecker eigenbasis with `λ_S λ_Aᵀ` eigenvalues.
+    Kfac,
+    /// No preconditioning: the plain gradient dot product.
+    Identity,
+}
+
+/// Damping `λ` added to the eigenvalues.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Damping {
+    /// `λ = factor × mean(Λ)` per layer (kronfluence's heuristic, factor 0.1 by default).
+    RelativeToMean(f64),
+    /// A fixed `λ`.
+    Absolute(f64),
+}
+
+impl Default for Damping {
+    fn default() -> Self {
+        Damping::RelativeToMean(0.1)
+    }
+}
+
+/// A ready-to-use per-layer preconditioner `(F + λI)⁻¹` in the Kronecker eigenbasis.
+#[derive(Clone, Debug)]
+pub struct Preconditioner {
+    strategy: Strategy,
+    q_a: Mat<f64>,
+    q_s: Mat<f64>,
+    /// `Λ + λ`, `d_out × d_in`.
+    denom: Mat<f64>,
+    damping: f64,
+}
+
+impl Preconditioner {
+    /// Builds the preconditioner of one layer from its window factors.
+    pub fn new(
+        factors: &LayerFactors,
+        strategy: Strategy,
+        damping: Damping,
+    ) -> Result<Self, EkfacError> {
+        let da = factors.eig_a.dim;
+        let ds = factors.eig_s.dim;
+        let lambda: Vec<f64> = match strategy {
+            Strategy::Identity => vec![0.0; ds * da],
+            Strategy::Kfac => kfac_eigenvalues(&factors.eig_s, &factors.eig_a, tokens_per_example(factors)),
+            Strategy::Ekfac => match &factors.corrected {
+                Some(c) => {
+                    if c.len() != ds * da {
+                        return Err(EkfacError::Shape {
+                            what: format!("{}: corrected eigenvalues", factors.name),
+                            expected: ds * da,
+                            got: c.len(),
+                        });
+                    }
+                    c.clone()
+                }
+                None => kfac_eigenvalues(&factors.eig_s, &factors.eig_a, tokens_per_example(factors)),
+            },
+        };
+        let damping = match (strategy, damping) {
+            (Strategy::Identity, _) => 1.0,
+            (_, Damping::Absolute(l)) => l,
+            (_, Damping::RelativeToMean(f)) => {
+                f * lambda.iter().sum::<f64>() / lambda.len().max(1) as f64
+            }
+        };
+        if !damping.is_finite() || damping <= 0.0 {
+            return Err(EkfacError::Missing(format!(
+                "{}: damping must be positive and finite, got {damping}",
+                factors.name
+            )));
+        }
+        Ok(Self {
+            strategy,
+            q_a: mat_from_rows(&factors.eig_a.vectors, da, da),
+            q_s: mat_from_rows(&factors.eig_s.vectors, ds, ds),
+            denom: Mat::from_fn(ds, da, |i, j| lambda[i * da + j] + damping),
+            damping,
+        })
+    }
+
+    /// The damping `λ` in use.
+    pub fn damping(&self) -> f64 {
+        self.damping
+    }
+
+    /// `(F + λI)⁻¹ G` for a gradient `G` (`d_out × d_in` row-major).
+    pub fn apply(&self, grad: &[f64]) -> Result<Vec<f64>, EkfacError> {
+        let (ds, da) = (self.q_s.nrows(), self.q_a.nrows());
+        if grad.len() != ds * da {
+            return Err(EkfacError::Shape {
+                what: "gradient".into(),
+                expected: ds * da,
+                got: grad.len(),
+            });
+        }
+        let g = mat_from_rows(grad, ds, da);
+        let out = if self.strategy == Strategy::Identity {
+            g
+        } else {
+            let rotated = self.q_s.transpose() * &g * &self.q_a;
+            let scaled = Mat::from_fn(ds, da, |i, j| rotated[(i, j)] / self.denom[(i, j)]);
+            &self.q_s * scaled * self.q_a.transpose()
+        };
+        Ok(rows_from_mat(&out))
+    }
+}
+
+/// Tokens per example of a layer's factors (1 when unknown).
+pub fn tokens_per_example(f: &LayerFactors) -> f64 {
+    if f.examples == 0 {
+        1.0
+    } else {
+        f.tokens as f64 / f.examples as f64
+    }
+}
+
+/// Rotates `G` (`d_out × d_in`) into the Kronecker eigenbasis: `Q_Sᵀ G Q_A`.
+pub fn rotate(eig_s: &Eigenbasis, eig_a: &Eigenbasis, grad: &[f64]) -> Vec<f64> {
+    let q_s = mat_from_rows(&eig_s.vectors, eig_s.dim, eig_s.dim);
+    let q_a = mat_from_rows(&eig_a.vectors, eig_a.dim, eig_a.dim);
+    let g = mat_from_rows(grad, eig_s.dim, eig_a.dim);
+    rows_from_mat(&(q_s.transpose() * g * q_a))
+}
+
+fn mat_from_rows(v: &[f64], rows: usize, cols: usize) -> Mat<f64> {
+    Mat::from_fn(rows, cols, |i, j| v[i * cols + j])
+}
+
+fn rows_from_mat(m: &Mat<f64>) -> Vec<f64> {
+    let mut out = Vec::with_capacity(m.nrows() * m.ncols());
+    for i in 0..m.nrows() {
+        for j in 0..m.ncols() {
+            out.push(m[(i, j)]);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+
+    fn random_spd(n: usize, rng: &mut StdRng) -> Vec<f64> {
+        let x: Vec<f64> = (0..n * (n + 3)).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let m = n + 3;
+        let mut out = vec![0.0; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                out[i * n + j] = (0..m).map(|k| x[i * m + k] * x[j * m + k]).sum();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn eigh_reconstructs_and_is_orthonormal() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let n = 7;
+        let m = random_spd(n, &mut rng);
+        let e = eigh(&m, n).expect("eigh");
+        for i in 0..n {
+            for j in 0..n {
+                let rec: f64 = (0..n)
+                    .map(|k| e.vectors[i * n + k] * e.values[k] * e.vectors[j * n + k])
+                    .sum();
+                assert!((rec - m[i * n + j]).abs() < 1e-10);
+                let dot: f64 = (0..n).map(|k| e.vectors[k * n + i] * e.vectors[k * n + j]).sum();
+                assert!((dot - f64::from(u8::from(i == j))).abs() < 1e-10);
+            }
+        }
+        assert!(e.values.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[test]
+    fn eigh_rejects_bad_input_by_name() {
+        let err = eigh_named(&[1.0, 2.0], 2, "blocks.0.fc1: A").expect_err("short");
+        assert!(err.to_string().contains("blocks.0.fc1: A"));
+        let err = eigh_named(&[f64::NAN, 0.0, 0.0, 1.0], 2, "S").expect_err("nan");
+        assert!(matches!(err, EkfacError::NonFinite(_)));
+    }
+
+    fn factors(n_s: usize, n_a: usize, rng: &mut StdRng) -> LayerFactors {
+        let a = random_spd(n_a, rng);
+        let s = random_spd(n_s, rng);
+        LayerFactors {
+            name: "l".into(),
+            eig_a: eigh(&a, n_a).expect("a"),
+            eig_s: eigh(&s, n_s).expect("s"),
+            a,
+            s,
+            tokens: 30,
+            examples: 10,
+            corrected: None,
+            corrected_examples: 0,
+        }
+    }
+
+    /// KFAC preconditioning equals a dense solve with `(c·S⊗A + λI)`.
+    #[test]
+    fn kfac_apply_equals_dense_kronecker_solve() {
+        let mut rng = StdRng::seed_from_u64(2);
+        let (ds, da) = (3, 4);
+        let f = factors(ds, da, &mut rng);
+        let p = Preconditioner::new(&f, Strategy::Kfac, Damping::Absolute(0.3)).expect("p");
+        let g: Vec<f64> = (0..ds * da).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let x = p.apply(&g).expect("apply");
+        // Dense: F = c S ⊗ A acting on vec_row(G) (index i*da + j), F[(i,j),(k,l)] = c S_ik A_jl.
+        let n = ds * da;
+        let c = 3.0;
+        let mut fx = vec![0.0; n];
+        for i in 0..ds {
+            for j in 0..da {
+                let mut acc = 0.3 * x[i * da + j];
+                for k in 0..ds {
+                    for l in 0..da {
+                        acc += c * f.s[i * ds + k] * f.a[j * da + l] * x[k * da + l];
+                    }
+                }
+                fx[i * da + j] = acc;
+            }
+        }
+        for (a, b) in fx.iter().zip(&g) {
+            assert!((a - b).abs() < 1e-9, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn relative_damping_is_a_tenth_of_the_mean() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut f = factors(2, 2, &mut rng);
+        f.corrected = Some(vec![1.0, 2.0, 3.0, 6.0]);
+        let p = Preconditioner::new(&f, Strategy::Ekfac, Damping::default()).expect("p");
+        assert!((p.damping() - 0.3).abs() < 1e-12);
+        f.corrected = Some(vec![1.0; 3]);
+        assert!(Preconditioner::new(&f, Strategy::Ekfac, Damping::default()).is_err());
+    }
+}
