@@ -162,8 +162,9 @@ pub struct LayerFactors {
     pub s: Vec<f64>,
     /// Tokens that went into `A` and `S`.
     pub tokens: u64,
-    /// Documents (examples) the tokens belong to, for the tokens-per-example scale of KFAC.
-    pub examples: u64,
+    /// Mean loss-bearing tokens per document in the factor steps: the scale between the per-token
+    /// Kronecker product `S ⊗ A` and the per-example Fisher (KFAC eigenvalues are multiplied by it).
+    pub tokens_per_example: f64,
     /// Eigendecomposition of `A`.
     pub eig_a: Eigenbasis,
     /// Eigendecomposition of `S`.

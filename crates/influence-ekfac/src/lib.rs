@@ -216,10 +216,10 @@ impl Preconditioner {
 
 /// Tokens per example of a layer's factors (1 when unknown).
 pub fn tokens_per_example(f: &LayerFactors) -> f64 {
-    if f.examples == 0 {
-        1.0
+    if f.tokens_per_example.is_finite() && f.tokens_per_example > 0.0 {
+        f.tokens_per_example
     } else {
-        f.tokens as f64 / f.examples as f64
+        1.0
     }
 }
 
@@ -299,7 +299,7 @@ mod tests {
             a,
             s,
             tokens: 30,
-            examples: 10,
+            tokens_per_example: 3.0,
             corrected: None,
             corrected_examples: 0,
         }

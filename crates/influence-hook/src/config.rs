@@ -1,0 +1,228 @@
+//! What a user sets: [`HookConfig`] (serde, with defaults and builder methods).
+
+use influence_core::{FisherLabels, LossReduction, ProjectionKind};
+use serde::{Deserialize, Serialize};
+
+use crate::HookError;
+
+/// Sketch size of the layers whose name matches `pattern` (`*` matches any run of characters).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SketchSize {
+    /// Layer-name pattern, e.g. `blocks.*.mlp.*`.
+    pub pattern: String,
+    /// Input-side sketch size.
+    pub k_a: usize,
+    /// Output-side sketch size.
+    pub k_g: usize,
+}
+
+/// Configuration of the training-time hook.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HookConfig {
+    /// Layer-name patterns to track (`*` wildcards); empty means every [`crate::TrackedLinear`].
+    pub include: Vec<String>,
+    /// Layer-name patterns never to track, applied after `include`.
+    pub exclude: Vec<String>,
+    /// Default sketch size on the input side.
+    pub k_a: usize,
+    /// Default sketch size on the output side.
+    pub k_g: usize,
+    /// Per-layer overrides; the first matching pattern wins.
+    pub sketch_sizes: Vec<SketchSize>,
+    /// Seed of every projection (recorded in the run info).
+    pub projection_seed: u64,
+    /// How projection entries are drawn.
+    pub projection: ProjectionKind,
+    /// How the training loss is reduced (the hook undoes it).
+    pub loss_reduction: LossReduction,
+    /// Steps per window: every `window_steps` steps the hook checkpoints and fits EK-FAC.
+    pub window_steps: u64,
+    /// Accumulate the covariance factors on every `factor_every`-th step of a window (the first
+    /// step of a window always counts).
+    pub factor_every: u64,
+    /// Fraction of a factor step's tokens used for the factors (uniform sample), in `(0, 1]`.
+    pub factor_token_fraction: f64,
+    /// Batches kept (uniform reservoir over the window) and re-run at the window's checkpoint to
+    /// fit the corrected eigenvalues; 0 disables the correction (KFAC eigenvalues are used).
+    pub fit_batches: usize,
+    /// Labels of the Fisher for the window fit.
+    pub fisher: FisherLabels,
+    /// Write per-document sketches.
+    pub sketches: bool,
+    /// Accumulate factors and close windows with EK-FAC fits.
+    pub factors: bool,
+    /// Seed of the hook's own sampling (reservoir, token subsample, sampled labels).
+    pub seed: u64,
+}
+
+impl Default for HookConfig {
+    fn default() -> Self {
+        Self {
+            include: Vec::new(),
+            exclude: Vec::new(),
+            k_a: 16,
+            k_g: 16,
+            sketch_sizes: Vec::new(),
+            projection_seed: 0x5eed,
+            projection: ProjectionKind::Rademacher,
+            loss_reduction: LossReduction::MeanOverTokens,
+            window_steps: 200,
+            factor_every: 10,
+            factor_token_fraction: 1.0,
+            fit_batches: 8,
+            fisher: FisherLabels::Empirical,
+            sketches: true,
+            factors: true,
+            seed: 0,
+        }
+    }
+}
+
+macro_rules! setters {
+    ($($(#[$m:meta])* $name:ident: $ty:ty),* $(,)?) => {
+        $( $(#[$m])* pub fn $name(mut self, value: $ty) -> Self { self.$name = value; self } )*
+    };
+}
+
+impl HookConfig {
+    setters! {
+        /// Sets [`HookConfig::include`].
+        include: Vec<String>,
+        /// Sets [`HookConfig::exclude`].
+        exclude: Vec<String>,
+        /// Sets [`HookConfig::k_a`].
+        k_a: usize,
+        /// Sets [`HookConfig::k_g`].
+        k_g: usize,
+        /// Sets [`HookConfig::sketch_sizes`].
+        sketch_sizes: Vec<SketchSize>,
+        /// Sets [`HookConfig::projection_seed`].
+        projection_seed: u64,
+        /// Sets [`HookConfig::projection`].
+        projection: ProjectionKind,
+        /// Sets [`HookConfig::loss_reduction`].
+        loss_reduction: LossReduction,
+        /// Sets [`HookConfig::window_steps`].
+        window_steps: u64,
+        /// Sets [`HookConfig::factor_every`].
+        factor_every: u64,
+        /// Sets [`HookConfig::factor_token_fraction`].
+        factor_token_fraction: f64,
+        /// Sets [`HookConfig::fit_batches`].
+        fit_batches: usize,
+        /// Sets [`HookConfig::fisher`].
+        fisher: FisherLabels,
+        /// Sets [`HookConfig::sketches`].
+        sketches: bool,
+        /// Sets [`HookConfig::factors`].
+        factors: bool,
+        /// Sets [`HookConfig::seed`].
+        seed: u64,
+    }
+
+    /// Checks every field; the error names the field.
+    pub fn validate(&self) -> Result<(), HookError> {
+        let bad = |field: &str, why: String| Err(HookError::Config(format!("{field}: {why}")));
+        if self.k_a == 0 || self.k_g == 0 {
+            return bad("k_a/k_g", "sketch sizes must be positive".into());
+        }
+        for s in &self.sketch_sizes {
+            if s.k_a == 0 || s.k_g == 0 {
+                return bad(
+                    "sketch_sizes",
+                    format!("pattern {:?} has a zero size", s.pattern),
+                );
+            }
+        }
+        if self.window_steps == 0 {
+            return bad("window_steps", "must be at least 1".into());
+        }
+        if self.factor_every == 0 {
+            return bad("factor_every", "must be at least 1".into());
+        }
+        if !(self.factor_token_fraction > 0.0 && self.factor_token_fraction <= 1.0) {
+            return bad(
+                "factor_token_fraction",
+                format!("must lie in (0, 1], got {}", self.factor_token_fraction),
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether a layer of this name is tracked.
+    pub fn selects(&self, name: &str) -> bool {
+        (self.include.is_empty() || self.include.iter().any(|p| glob(p, name)))
+            && !self.exclude.iter().any(|p| glob(p, name))
+    }
+
+    /// `(k_a, k_g)` for a layer of this name.
+    pub fn sketch_size(&self, name: &str) -> (usize, usize) {
+        self.sketch_sizes
+            .iter()
+            .find(|s| glob(&s.pattern, name))
+            .map_or((self.k_a, self.k_g), |s| (s.k_a, s.k_g))
+    }
+}
+
+/// `*`-wildcard match of a whole name.
+pub(crate) fn glob(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last) {
+        return false;
+    }
+    let mut rest = &name[first.len()..name.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_matches_whole_names() {
+        assert!(glob("blocks.*.mlp.*", "blocks.3.mlp.fc1"));
+        assert!(!glob("blocks.*.mlp.*", "blocks.3.attn.qkv"));
+        assert!(glob("*", "anything"));
+        assert!(glob("a*a", "aa"));
+        assert!(!glob("a*a", "a"));
+        assert!(glob("exact", "exact"));
+        assert!(!glob("exact", "exactly"));
+    }
+
+    #[test]
+    fn selection_and_sizes() {
+        let c = HookConfig::default()
+            .exclude(vec!["*.attn.*".into()])
+            .sketch_sizes(vec![SketchSize {
+                pattern: "*.fc2".into(),
+                k_a: 32,
+                k_g: 8,
+            }]);
+        assert!(c.selects("blocks.0.mlp.fc1"));
+        assert!(!c.selects("blocks.0.attn.qkv"));
+        assert_eq!(c.sketch_size("blocks.1.mlp.fc2"), (32, 8));
+        assert_eq!(c.sketch_size("blocks.1.mlp.fc1"), (16, 16));
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let e = HookConfig::default().factor_token_fraction(0.0).validate();
+        assert!(e.expect_err("invalid").to_string().contains("factor_token_fraction"));
+        let e = HookConfig::default().window_steps(0).validate();
+        assert!(e.expect_err("invalid").to_string().contains("window_steps"));
+        let json = r#"{"k_a": 8, "window_step": 3}"#;
+        let e = serde_json::from_str::<HookConfig>(json).expect_err("unknown field");
+        assert!(e.to_string().contains("window_step"));
+    }
+}

@@ -1,0 +1,776 @@
+//! The hook: captures, factors, sketches and windows.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use burn::module::Module;
+use burn::tensor::{Device, Gradients, Tensor, TensorData};
+use influence_core::{
+    FORMAT_VERSION, FisherLabels, LayerFactors, LayerSpec, LossReduction, RunInfo, Sink,
+    SketchBatch, SketchRowMeta, WindowRecord,
+};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+use crate::kernels::{Segments, project};
+use crate::tap::{Captured, Tap};
+use crate::{HookConfig, HookError};
+
+/// A document of a training batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DocRef {
+    /// The document's id in the corpus.
+    pub id: u64,
+    /// Its source label (e.g. `arithmetic`, `wordnet`).
+    pub source: String,
+}
+
+/// What the hook needs to know about a training batch besides the tensors it captures.
+#[derive(Clone, Debug)]
+pub struct StepBatch {
+    /// Sequences in the batch.
+    pub batch_size: usize,
+    /// Positions per sequence.
+    pub seq_len: usize,
+    /// For each position (row-major `[batch, seq]`): index into `docs` of the document whose loss
+    /// the position carries, or `-1` for padding (masked out of sketches and factors).
+    pub doc_index: Vec<i32>,
+    /// The documents of the batch.
+    pub docs: Vec<DocRef>,
+    /// Loss-bearing tokens for [`LossReduction::MeanOverTokens`], when not every document
+    /// position carries a loss (default: the number of positions with `doc_index ≥ 0`).
+    pub loss_tokens: Option<usize>,
+    /// Per-position training loss `[batch, seq]` (detached), to record each document's loss.
+    pub token_loss: Option<Tensor<2>>,
+}
+
+/// Labels for a window-fit forward pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FitLabels {
+    /// The batch's own labels.
+    Empirical,
+    /// Labels sampled from the model's softmax with this seed.
+    Sampled {
+        /// RNG seed for the sampling.
+        seed: u64,
+    },
+}
+
+/// The loss the hook re-runs at a window's checkpoint to fit the corrected eigenvalues.
+///
+/// Implemented by the user's model for its batch type `B`; the loss must use the same reduction
+/// as training ([`HookConfig::loss_reduction`]).
+pub trait FitLoss<B> {
+    /// Forward pass and loss of `batch` with the given labels (autodiff enabled).
+    fn fit_loss(&self, batch: &B, labels: FitLabels) -> Tensor<1>;
+}
+
+/// Per-layer state on the training device.
+struct LayerDev {
+    spec: LayerSpec,
+    /// `P_a`: `[d_in_aug, k_a]`.
+    p_a: Tensor<2>,
+    /// `P_g`: `[d_out, k_g]`.
+    p_g: Tensor<2>,
+    a_sum: Option<Tensor<2>>,
+    s_sum: Option<Tensor<2>>,
+    tokens: u64,
+}
+
+struct Window {
+    index: u32,
+    first_step: u64,
+    learning_rates: Vec<f64>,
+    /// Documents and their loss tokens seen in the window's factor steps.
+    factor_docs: u64,
+    factor_doc_tokens: u64,
+}
+
+struct State<B> {
+    config: HookConfig,
+    sink: Box<dyn Sink>,
+    run: Option<RunInfo>,
+    device: Option<Device>,
+    layers: Vec<LayerDev>,
+    step: u64,
+    window: Window,
+    pending: Option<SketchBatch>,
+    reservoir: Vec<(B, StepBatch)>,
+    reservoir_seen: u64,
+    rng: StdRng,
+    failed: Option<String>,
+    finished: bool,
+}
+
+/// The training-time hook. Cheap to clone (clones share state), so it can live inside a model as
+/// a `#[module(skip)]` field and be used from burn-train's `TrainStep`.
+///
+/// `B` is the user's batch type: the hook keeps a few batches of each window to re-run them at
+/// the window's checkpoint for the EK-FAC eigenvalue correction.
+pub struct Hook<B> {
+    state: Arc<Mutex<State<B>>>,
+    tap: Tap,
+}
+
+impl<B> Clone for Hook<B> {
+    fn clone(&self) -> Self {
+        Self {
+            state: self.state.clone(),
+            tap: self.tap.clone(),
+        }
+    }
+}
+
+impl<B> std::fmt::Debug for Hook<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hook")
+            .field("layers", &self.tap.layer_names())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Clone + Send + 'static> Hook<B> {
+    /// A hook writing to `sink`. Build the model with [`Hook::tap`] afterwards.
+    pub fn new(config: HookConfig, sink: impl Sink + 'static) -> Result<Self, HookError> {
+        config.validate()?;
+        let rng = StdRng::seed_from_u64(config.seed);
+        Ok(Self {
+            tap: Tap::new(config.clone()),
+            state: Arc::new(Mutex::new(State {
+                config,
+                sink: Box::new(sink),
+                run: None,
+                device: None,
+                layers: Vec::new(),
+                step: 0,
+                window: Window {
+                    index: 0,
+                    first_step: 0,
+                    learning_rates: Vec::new(),
+                    factor_docs: 0,
+                    factor_doc_tokens: 0,
+                },
+                pending: None,
+                reservoir: Vec::new(),
+                reservoir_seen: 0,
+                rng,
+                failed: None,
+                finished: false,
+            })),
+        })
+    }
+
+    /// The tap to build tracked layers with.
+    pub fn tap(&self) -> Tap {
+        self.tap.clone()
+    }
+
+    /// Continues a run at `step` (after restoring the model from the checkpoint of the window
+    /// that ended just before it): window numbering and steps resume from there.
+    pub fn resume_at(&self, step: u64) -> Result<(), HookError> {
+        let mut st = self.lock();
+        if st.run.is_some() {
+            return Err(HookError::Config("resume_at: the run has already started".into()));
+        }
+        let w = st.config.window_steps;
+        if step % w != 0 {
+            return Err(HookError::Config(format!(
+                "resume_at: step {step} is not a window boundary (window_steps = {w})"
+            )));
+        }
+        st.step = step;
+        st.window.index = u32::try_from(step / w)
+            .map_err(|_| HookError::Config(format!("resume_at: step {step} too large")))?;
+        st.window.first_step = step;
+        Ok(())
+    }
+
+    /// Arms the tracked layers: the next forward pass records inputs and adds probes.
+    pub fn arm(&self) {
+        if let Some(mut t) = self.tap.state() {
+            t.armed = true;
+            t.captures.clear();
+        }
+    }
+
+    /// Marks the hook failed with `error` (for callers that cannot return errors, such as
+    /// burn-train's `TrainStep::step`); every later call reports it, [`Hook::finish`] included.
+    pub fn fail(&self, error: HookError) {
+        tracing::error!(%error, "influence hook failed");
+        let mut st = self.lock();
+        if st.failed.is_none() {
+            st.failed = Some(error.to_string());
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<B>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn take_captures(&self) -> Vec<Captured> {
+        match self.tap.state() {
+            Some(mut t) => {
+                t.armed = false;
+                std::mem::take(&mut t.captures)
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Reads the probes' gradients out of `grads` (removing them; parameter gradients are left
+    /// untouched), and computes this step's sketches and factor contributions.
+    ///
+    /// Call after `loss.backward()` of a forward run after [`Hook::arm`], before building
+    /// `GradientsParams`. `item` is the batch (kept if the reservoir samples it).
+    pub fn capture(
+        &self,
+        grads: &mut Gradients,
+        batch: &StepBatch,
+        item: &B,
+    ) -> Result<(), HookError> {
+        let captures = self.take_captures();
+        let mut st = self.lock();
+        st.check()?;
+        if st.pending.is_some() {
+            return Err(HookError::Order(
+                "capture called twice without end_step in between".into(),
+            ));
+        }
+        if captures.is_empty() {
+            return Err(HookError::Order(
+                "no tracked layer ran since arm(): call hook.arm() before the forward pass".into(),
+            ));
+        }
+        let result = st.capture(&self.tap, captures, grads, batch, item);
+        if let Err(e) = &result {
+            st.failed = Some(e.to_string());
+        }
+        result
+    }
+
+    /// Ends the step: sends its sketches (with the step's learning rate) to the sink and, when the
+    /// window is full, closes it at `model` (the model after this step's optimizer update).
+    pub fn end_step<M>(&self, learning_rate: f64, model: &M) -> Result<(), HookError>
+    where
+        M: Module + FitLoss<B>,
+    {
+        let mut st = self.lock();
+        st.check()?;
+        let result = st.end_step(learning_rate).and_then(|due| {
+            if due {
+                st.close_window(&self.tap, model)
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = &result {
+            st.failed = Some(e.to_string());
+        }
+        result
+    }
+
+    /// Closes the last (possibly partial) window at `model` and finishes the sink.
+    pub fn finish<M>(&self, model: &M) -> Result<(), HookError>
+    where
+        M: Module + FitLoss<B>,
+    {
+        let mut st = self.lock();
+        st.check()?;
+        if st.finished {
+            return Ok(());
+        }
+        if st.pending.is_some() {
+            return Err(HookError::Order(
+                "finish called after capture without end_step".into(),
+            ));
+        }
+        if st.step > st.window.first_step {
+            st.close_window(&self.tap, model)?;
+        }
+        st.sink.finish()?;
+        st.finished = true;
+        Ok(())
+    }
+
+    /// Steps completed so far.
+    pub fn step(&self) -> u64 {
+        self.lock().step
+    }
+
+    /// The run info (after the first captured step).
+    pub fn run_info(&self) -> Option<RunInfo> {
+        self.lock().run.clone()
+    }
+}
+
+fn read(t: Tensor<2>, what: &str) -> Result<Vec<f32>, HookError> {
+    t.try_into_vec_as::<f32>()
+        .map_err(|e| HookError::Tensor(format!("reading {what}: {e:?}")))
+}
+
+fn scale_of(reduction: LossReduction, batch: &StepBatch, valid: usize) -> f32 {
+    match reduction {
+        LossReduction::Sum => 1.0,
+        LossReduction::MeanOverTokens => batch.loss_tokens.unwrap_or(valid) as f32,
+        LossReduction::MeanOverSequences => batch.batch_size as f32,
+    }
+}
+
+/// Probe gradients, rescaled to the per-document sum loss, with the matching inputs.
+fn gradients(
+    captures: Vec<Captured>,
+    grads: &mut Gradients,
+    layers: &[LayerDev],
+    scale: f32,
+) -> Result<Vec<(usize, Tensor<3>, Tensor<3>)>, HookError> {
+    captures
+        .into_iter()
+        .map(|c| {
+            let g = c
+                .probe
+                .grad_remove(grads)
+                .ok_or_else(|| HookError::NoGradient(layers[c.layer].spec.name.clone()))?;
+            let g = if scale == 1.0 { g } else { g * scale };
+            Ok((c.layer, c.input, g))
+        })
+        .collect()
+}
+
+impl<B: Clone + Send + 'static> State<B> {
+    fn check(&self) -> Result<(), HookError> {
+        match (&self.failed, self.finished) {
+            (Some(e), _) => Err(HookError::Failed(e.clone())),
+            (None, true) => Err(HookError::Order("the hook has finished".into())),
+            _ => Ok(()),
+        }
+    }
+
+    fn begin(&mut self, tap: &Tap, device: &Device) -> Result<(), HookError> {
+        let specs = match tap.state() {
+            Some(mut t) => {
+                t.frozen = true;
+                t.layers.clone()
+            }
+            None => Vec::new(),
+        };
+        if specs.is_empty() {
+            return Err(HookError::Config(
+                "no layer is tracked: check include/exclude patterns".into(),
+            ));
+        }
+        let run = RunInfo {
+            format_version: FORMAT_VERSION,
+            layers: specs.clone(),
+            projection_seed: self.config.projection_seed,
+            projection: self.config.projection,
+            loss_reduction: self.config.loss_reduction,
+            window_steps: self.config.window_steps,
+            fisher: self.config.fisher,
+        };
+        let mut layers = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.into_iter().enumerate() {
+            let (pa, pg) = run.projections(i).ok_or_else(|| {
+                HookError::Config(format!(
+                    "layer {}: cannot build projections ({:?} with k_a={}, k_g={})",
+                    spec.name, run.projection, spec.k_a, spec.k_g
+                ))
+            })?;
+            layers.push(LayerDev {
+                p_a: Tensor::from_data(TensorData::new(pa.values, [pa.d, pa.k]), device),
+                p_g: Tensor::from_data(TensorData::new(pg.values, [pg.d, pg.k]), device),
+                spec,
+                a_sum: None,
+                s_sum: None,
+                tokens: 0,
+            });
+        }
+        tracing::info!(layers = layers.len(), "influence hook started");
+        self.sink.begin(&run)?;
+        self.run = Some(run);
+        self.layers = layers;
+        self.device = Some(device.clone());
+        Ok(())
+    }
+
+    fn capture(
+        &mut self,
+        tap: &Tap,
+        captures: Vec<Captured>,
+        grads: &mut Gradients,
+        batch: &StepBatch,
+        item: &B,
+    ) -> Result<(), HookError> {
+        let device = captures[0].input.device();
+        if self.run.is_none() {
+            self.begin(tap, &device)?;
+        }
+        let segs = Segments::new(batch, &device)?;
+        let scale = scale_of(self.config.loss_reduction, batch, segs.valid.len());
+        let captured = gradients(captures, grads, &self.layers, scale)?;
+
+        let in_window = self.step - self.window.first_step;
+        let factor_step = self.config.factors && in_window % self.config.factor_every == 0;
+        if factor_step {
+            let subsample =
+                segs.factor_tokens(self.config.factor_token_fraction, &mut self.rng, &device);
+            for (layer, a, g) in &captured {
+                self.accumulate_factors(*layer, a.clone(), g.clone(), subsample.as_ref());
+            }
+            self.window.factor_docs += segs.docs.len() as u64;
+            self.window.factor_doc_tokens += segs.valid.len() as u64;
+        }
+
+        let sketches = if self.config.sketches {
+            self.sketch(&captured, &segs)?
+        } else {
+            vec![Vec::new(); self.layers.len()]
+        };
+        let losses = match &batch.token_loss {
+            Some(t) if self.config.sketches => Some(read(t.clone(), "token_loss")?),
+            _ => None,
+        };
+        let rows = if self.config.sketches {
+            segs.docs
+                .iter()
+                .zip(&segs.tokens)
+                .map(|(&di, &tokens)| {
+                    let doc = &batch.docs[di];
+                    let loss = losses.as_ref().map(|l| {
+                        let sum: f32 = batch
+                            .doc_index
+                            .iter()
+                            .zip(l)
+                            .filter(|(x, _)| **x == di as i32)
+                            .map(|(_, v)| *v)
+                            .sum();
+                        sum / tokens as f32
+                    });
+                    SketchRowMeta {
+                        doc_id: doc.id,
+                        loss,
+                        tokens,
+                        source: doc.source.clone(),
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.pending = Some(SketchBatch {
+            step: self.step,
+            window: self.window.index,
+            learning_rate: f64::NAN,
+            rows,
+            sketches,
+        });
+
+        if self.config.factors && self.config.fit_batches > 0 {
+            self.reservoir_offer(item, batch);
+        }
+        Ok(())
+    }
+
+    fn reservoir_offer(&mut self, item: &B, batch: &StepBatch) {
+        self.reservoir_seen += 1;
+        let keep = StepBatch {
+            token_loss: None,
+            ..batch.clone()
+        };
+        if self.reservoir.len() < self.config.fit_batches {
+            self.reservoir.push((item.clone(), keep));
+        } else {
+            let j = self.rng.random_range(0..self.reservoir_seen);
+            if let Ok(j) = usize::try_from(j)
+                && j < self.reservoir.len()
+            {
+                self.reservoir[j] = (item.clone(), keep);
+            }
+        }
+    }
+
+    fn accumulate_factors(
+        &mut self,
+        layer: usize,
+        a: Tensor<3>,
+        g: Tensor<3>,
+        subsample: Option<&(burn::tensor::Tensor<1, burn::tensor::Int>, usize)>,
+    ) {
+        let l = &mut self.layers[layer];
+        let [b, s, d_in] = a.dims();
+        let d_out = g.dims()[2];
+        let mut a = a.reshape([b * s, d_in]);
+        let mut g = g.reshape([b * s, d_out]);
+        let n = match subsample {
+            Some((idx, m)) => {
+                a = a.select(0, idx.clone());
+                g = g.select(0, idx.clone());
+                *m
+            }
+            None => b * s,
+        };
+        if l.spec.bias {
+            let ones = Tensor::<2>::ones([n, 1], &a.device());
+            a = Tensor::cat(vec![a, ones], 1);
+        }
+        let aa = a.clone().transpose().matmul(a);
+        let gg = g.clone().transpose().matmul(g);
+        l.a_sum = Some(match l.a_sum.take() {
+            Some(t) => t + aa,
+            None => aa,
+        });
+        l.s_sum = Some(match l.s_sum.take() {
+            Some(t) => t + gg,
+            None => gg,
+        });
+        l.tokens += n as u64;
+    }
+
+    /// Sketches of every layer, read to the host in one transfer.
+    fn sketch(
+        &self,
+        captured: &[(usize, Tensor<3>, Tensor<3>)],
+        segs: &Segments,
+    ) -> Result<Vec<Vec<f32>>, HookError> {
+        let mut per_layer: Vec<Option<Tensor<2>>> = vec![None; self.layers.len()];
+        for (layer, a, g) in captured {
+            let l = &self.layers[*layer];
+            let ap = project(a.clone(), &l.p_a, l.spec.bias);
+            let gp = project(g.clone(), &l.p_g, false);
+            let k = segs.outer(gp, ap);
+            per_layer[*layer] = Some(match per_layer[*layer].take() {
+                Some(t) => t + k,
+                None => k,
+            });
+        }
+        let d = segs.docs.len();
+        let mut widths = Vec::with_capacity(self.layers.len());
+        let mut parts = Vec::with_capacity(self.layers.len());
+        for (l, t) in self.layers.iter().zip(per_layer) {
+            let t = t.ok_or_else(|| HookError::NoGradient(l.spec.name.clone()))?;
+            widths.push(l.spec.sketch_len());
+            parts.push(t);
+        }
+        let all = read(Tensor::cat(parts, 1), "sketches")?;
+        let total: usize = widths.iter().sum();
+        let mut out: Vec<Vec<f32>> = widths.iter().map(|w| Vec::with_capacity(d * w)).collect();
+        for row in all.chunks_exact(total) {
+            let mut off = 0;
+            for (o, &w) in out.iter_mut().zip(&widths) {
+                o.extend_from_slice(&row[off..off + w]);
+                off += w;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records the learning rate, sends the pending sketches; returns whether the window is full.
+    fn end_step(&mut self, learning_rate: f64) -> Result<bool, HookError> {
+        let Some(mut batch) = self.pending.take() else {
+            return Err(HookError::Order("end_step without capture".into()));
+        };
+        batch.learning_rate = learning_rate;
+        if self.config.sketches {
+            self.sink.sketches(batch)?;
+        }
+        self.window.learning_rates.push(learning_rate);
+        self.step += 1;
+        Ok(self.step - self.window.first_step >= self.config.window_steps)
+    }
+
+    fn close_window<M: Module + FitLoss<B>>(
+        &mut self,
+        tap: &Tap,
+        model: &M,
+    ) -> Result<(), HookError> {
+        let span = tracing::info_span!("close_window", window = self.window.index);
+        let _enter = span.enter();
+        let layers = if self.config.factors && !self.layers.is_empty() {
+            self.fit_window(tap, model)?
+        } else {
+            Vec::new()
+        };
+        let record = WindowRecord {
+            window: self.window.index,
+            first_step: self.window.first_step,
+            last_step: self.step.saturating_sub(1),
+            learning_rates: std::mem::take(&mut self.window.learning_rates),
+            layers,
+        };
+        let bytes = model
+            .clone()
+            .into_record()
+            .into_bytes()
+            .map_err(|e| HookError::Checkpoint(format!("window {}: {e}", record.window)))?;
+        self.sink.window(record)?;
+        self.sink.checkpoint(self.window.index, bytes.to_vec())?;
+        tracing::info!(window = self.window.index, step = self.step, "window closed");
+        self.window.index += 1;
+        self.window.first_step = self.step;
+        self.window.factor_docs = 0;
+        self.window.factor_doc_tokens = 0;
+        self.reservoir.clear();
+        self.reservoir_seen = 0;
+        for l in &mut self.layers {
+            l.a_sum = None;
+            l.s_sum = None;
+            l.tokens = 0;
+        }
+        Ok(())
+    }
+
+    /// Runs the reservoir at the checkpoint: returns per-layer gradients (scaled) and segments.
+    fn rerun<M: FitLoss<B>>(
+        &self,
+        tap: &Tap,
+        model: &M,
+        labels: impl Fn(usize) -> FitLabels,
+    ) -> Result<Vec<(Vec<(usize, Tensor<3>, Tensor<3>)>, Segments)>, HookError> {
+        let device = self
+            .device
+            .clone()
+            .ok_or_else(|| HookError::Order("window fit before the first step".into()))?;
+        let mut out = Vec::with_capacity(self.reservoir.len());
+        for (i, (item, batch)) in self.reservoir.iter().enumerate() {
+            if let Some(mut t) = tap.state() {
+                t.armed = true;
+                t.captures.clear();
+            }
+            let loss = model.fit_loss(item, labels(i));
+            let captures = match tap.state() {
+                Some(mut t) => {
+                    t.armed = false;
+                    std::mem::take(&mut t.captures)
+                }
+                None => Vec::new(),
+            };
+            let mut grads = loss.backward();
+            let segs = Segments::new(batch, &device)?;
+            let scale = scale_of(self.config.loss_reduction, batch, segs.valid.len());
+            out.push((gradients(captures, &mut grads, &self.layers, scale)?, segs));
+        }
+        Ok(out)
+    }
+
+    fn fit_window<M: Module + FitLoss<B>>(
+        &mut self,
+        tap: &Tap,
+        model: &M,
+    ) -> Result<Vec<LayerFactors>, HookError> {
+        let device = self
+            .device
+            .clone()
+            .ok_or_else(|| HookError::Order("window fit before the first step".into()))?;
+        let base_seed = self.config.seed ^ (u64::from(self.window.index) << 32);
+        let sampled = self.config.fisher == FisherLabels::Sampled;
+        let labels = |i: usize| {
+            if sampled {
+                FitLabels::Sampled {
+                    seed: base_seed.wrapping_add(i as u64),
+                }
+            } else {
+                FitLabels::Empirical
+            }
+        };
+        let reruns = if self.reservoir.is_empty() {
+            Vec::new()
+        } else {
+            self.rerun(tap, model, labels)?
+        };
+        let tokens_per_example = if self.window.factor_docs == 0 {
+            1.0
+        } else {
+            self.window.factor_doc_tokens as f64 / self.window.factor_docs as f64
+        };
+
+        let mut out = Vec::with_capacity(self.layers.len());
+        for (li, l) in self.layers.iter().enumerate() {
+            let name = &l.spec.name;
+            let (da, ds) = (l.spec.d_in_aug(), l.spec.d_out);
+            let (Some(a_sum), Some(s_sum)) = (l.a_sum.clone(), l.s_sum.clone()) else {
+                return Err(HookError::Order(format!(
+                    "layer {name}: window {} has no factor step",
+                    self.window.index
+                )));
+            };
+            let n = l.tokens.max(1) as f64;
+            let a: Vec<f64> = read(a_sum, "A")?.iter().map(|&v| f64::from(v) / n).collect();
+            let mut s: Vec<f64> = read(s_sum, "S")?.iter().map(|&v| f64::from(v) / n).collect();
+            if sampled && !reruns.is_empty() {
+                // True Fisher: S from gradients of labels sampled from the model.
+                let mut sum: Option<Tensor<2>> = None;
+                let mut count = 0usize;
+                for (caps, segs) in &reruns {
+                    for (layer, _, g) in caps.iter().filter(|c| c.0 == li) {
+                        let _ = layer;
+                        let [b, sl, d] = g.dims();
+                        let idx: Vec<i64> = segs.valid.iter().map(|&i| i as i64).collect();
+                        let gi = Tensor::from_data(TensorData::new(idx, [segs.valid.len()]), &device);
+                        let gv = g.clone().reshape([b * sl, d]).select(0, gi);
+                        let gg = gv.clone().transpose().matmul(gv);
+                        sum = Some(match sum.take() {
+                            Some(t) => t + gg,
+                            None => gg,
+                        });
+                        count += segs.valid.len();
+                    }
+                }
+                if let Some(sum) = sum {
+                    let c = count.max(1) as f64;
+                    s = read(sum, "sampled S")?.iter().map(|&v| f64::from(v) / c).collect();
+                }
+            }
+            let eig_a = influence_ekfac::eigh_named(&a, da, &format!("{name}: A"))?;
+            let eig_s = influence_ekfac::eigh_named(&s, ds, &format!("{name}: S"))?;
+
+            let (corrected, corrected_examples) = if reruns.is_empty() {
+                (None, 0)
+            } else {
+                let to_dev = |v: &[f64], d: usize| {
+                    let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+                    Tensor::<2>::from_data(TensorData::new(v, [d, d]), &device)
+                };
+                let q_a = to_dev(&eig_a.vectors, da);
+                let q_s = to_dev(&eig_s.vectors, ds);
+                let mut lam: Option<Tensor<2>> = None;
+                let mut examples = 0u64;
+                for (caps, segs) in &reruns {
+                    let mut rot: Option<Tensor<2>> = None;
+                    for (_, a, g) in caps.iter().filter(|c| c.0 == li) {
+                        let r = segs.outer(project(g.clone(), &q_s, false), project(a.clone(), &q_a, l.spec.bias));
+                        rot = Some(match rot.take() {
+                            Some(t) => t + r,
+                            None => r,
+                        });
+                    }
+                    let Some(rot) = rot else {
+                        return Err(HookError::NoGradient(name.clone()));
+                    };
+                    let sq = rot.powf_scalar(2.0).sum_dim(0);
+                    lam = Some(match lam.take() {
+                        Some(t) => t + sq,
+                        None => sq,
+                    });
+                    examples += segs.docs.len() as u64;
+                }
+                match lam {
+                    Some(lam) => {
+                        let e = examples.max(1) as f64;
+                        let v = read(lam, "corrected eigenvalues")?;
+                        (Some(v.iter().map(|&x| f64::from(x) / e).collect()), examples)
+                    }
+                    None => (None, 0),
+                }
+            };
+            out.push(LayerFactors {
+                name: name.clone(),
+                a,
+                s,
+                tokens: l.tokens,
+                tokens_per_example,
+                eig_a,
+                eig_s,
+                corrected,
+                corrected_examples,
+            });
+        }
+        Ok(out)
+    }
+}
