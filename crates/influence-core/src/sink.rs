@@ -42,6 +42,24 @@ pub trait Sink: Send {
     fn finish(&mut self) -> Result<(), SinkError>;
 }
 
+impl<S: Sink + ?Sized> Sink for Box<S> {
+    fn begin(&mut self, run: &RunInfo) -> Result<(), SinkError> {
+        (**self).begin(run)
+    }
+    fn sketches(&mut self, batch: SketchBatch) -> Result<(), SinkError> {
+        (**self).sketches(batch)
+    }
+    fn window(&mut self, record: WindowRecord) -> Result<(), SinkError> {
+        (**self).window(record)
+    }
+    fn checkpoint(&mut self, window: u32, bytes: Vec<u8>) -> Result<(), SinkError> {
+        (**self).checkpoint(window, bytes)
+    }
+    fn finish(&mut self) -> Result<(), SinkError> {
+        (**self).finish()
+    }
+}
+
 /// What a [`MemorySink`] has received.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryStore {

@@ -1,0 +1,14 @@
+//! A tiny decoder-only transformer trained from scratch with the influence hook attached.
+//!
+//! * [`corpus`]: generated, source-labelled documents (facts, arithmetic, slopes, equations, code);
+//! * [`tokenizer`]: byte-level BPE trained on them with Hugging Face `tokenizers`;
+//! * [`data`]: packing into sequences with per-document positions and attention;
+//! * [`model`]: the GPT, every Linear a `TrackedLinear`;
+//! * [`train`]: the hand-written loop; [`learner`]: the same with burn-train's `Learner`.
+
+pub mod corpus;
+pub mod data;
+pub mod learner;
+pub mod model;
+pub mod tokenizer;
+pub mod train;

@@ -1,0 +1,278 @@
+//! The hand-written training loop with the hook attached.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::Device;
+use influence_core::Sink;
+use influence_hook::{FitLabels, Hook, HookConfig, Tap};
+use serde::{Deserialize, Serialize};
+
+use crate::corpus::{CorpusConfig, Document};
+use crate::data::{LmBatch, PackedSeq, TokenDoc, epoch};
+use crate::model::{Gpt, GptConfig};
+use crate::tokenizer::Bpe;
+
+/// Everything a training run is set up with.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// The generated corpus.
+    pub corpus: CorpusConfig,
+    /// BPE vocabulary size.
+    pub vocab_size: usize,
+    /// Width.
+    pub d_model: usize,
+    /// Blocks.
+    pub n_layers: usize,
+    /// Heads.
+    pub n_heads: usize,
+    /// MLP width.
+    pub d_ff: usize,
+    /// Positions per sequence.
+    pub seq_len: usize,
+    /// Sequences per batch.
+    pub batch_size: usize,
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Linear warm-up steps (then cosine decay to 10 %).
+    pub warmup: usize,
+    /// Seed of initialisation and data order.
+    pub seed: u64,
+    /// Print the loss every this many steps.
+    pub log_every: usize,
+    /// The hook.
+    pub hook: HookConfig,
+}
+
+impl TrainConfig {
+    /// Default: fits 2 CPU cores in a few minutes.
+    pub fn cpu() -> Self {
+        Self {
+            corpus: CorpusConfig::default(),
+            vocab_size: 512,
+            d_model: 128,
+            n_layers: 4,
+            n_heads: 4,
+            d_ff: 512,
+            seq_len: 128,
+            batch_size: 16,
+            steps: 600,
+            lr: 3e-3,
+            warmup: 50,
+            seed: 42,
+            log_every: 25,
+            hook: HookConfig::default().window_steps(200).factor_every(10).fit_batches(4),
+        }
+    }
+
+    /// Larger preset for a GPU.
+    pub fn gpu() -> Self {
+        let mut c = Self::cpu();
+        c.corpus = CorpusConfig {
+            facts: 8000,
+            arithmetic: 8000,
+            slopes: 6000,
+            linear: 6000,
+            code: 3000,
+            seed: 17,
+        };
+        c.vocab_size = 2048;
+        c.d_model = 384;
+        c.n_layers = 6;
+        c.n_heads = 6;
+        c.d_ff = 1536;
+        c.seq_len = 256;
+        c.batch_size = 64;
+        c.steps = 5000;
+        c.lr = 1e-3;
+        c.warmup = 200;
+        c.hook = c.hook.window_steps(1000).fit_batches(8);
+        c
+    }
+
+    /// A very small setting for tests.
+    pub fn tiny() -> Self {
+        let mut c = Self::cpu();
+        c.corpus = CorpusConfig {
+            facts: 40,
+            arithmetic: 40,
+            slopes: 20,
+            linear: 20,
+            code: 10,
+            seed: 3,
+        };
+        c.vocab_size = 300;
+        c.d_model = 32;
+        c.n_layers = 2;
+        c.n_heads = 2;
+        c.d_ff = 64;
+        c.seq_len = 64;
+        c.batch_size = 4;
+        c.steps = 8;
+        c.warmup = 2;
+        c.log_every = 1;
+        c.hook = c.hook.window_steps(4).factor_every(2).fit_batches(2);
+        c
+    }
+
+    /// The model shape for a vocabulary.
+    pub fn model(&self, vocab_size: usize) -> GptConfig {
+        GptConfig::new(vocab_size)
+            .with_d_model(self.d_model)
+            .with_n_layers(self.n_layers)
+            .with_n_heads(self.n_heads)
+            .with_d_ff(self.d_ff)
+            .with_max_pos(self.seq_len)
+    }
+
+    /// Learning rate of `step`: linear warm-up, then cosine decay to 10 % of the peak.
+    pub fn lr_at(&self, step: usize) -> f64 {
+        if step < self.warmup {
+            return self.lr * (step + 1) as f64 / self.warmup as f64;
+        }
+        let t = (step - self.warmup) as f64 / (self.steps.saturating_sub(self.warmup)).max(1) as f64;
+        self.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * t.min(1.0)).cos()))
+    }
+}
+
+/// The corpus, its tokenizer and the tokenized documents.
+pub struct Prepared {
+    /// Documents.
+    pub docs: Vec<Document>,
+    /// Tokenizer.
+    pub bpe: Bpe,
+    /// Tokenized documents.
+    pub tokens: Vec<TokenDoc>,
+}
+
+/// Generates the corpus and trains the tokenizer.
+pub fn prepare(config: &TrainConfig) -> Result<Prepared> {
+    let docs = crate::corpus::generate(&config.corpus);
+    let bpe = Bpe::train(docs.iter().map(|d| d.text.as_str()), config.vocab_size)?;
+    let tokens = docs
+        .iter()
+        .map(|d| {
+            let mut t = bpe.encode(&d.text)?;
+            t.push(bpe.eos);
+            Ok(TokenDoc {
+                id: d.id,
+                source: d.source.clone(),
+                tokens: t,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Prepared { docs, bpe, tokens })
+}
+
+/// An endless stream of batches: epochs of shuffled, packed sequences.
+pub struct Batches<'a> {
+    docs: &'a [TokenDoc],
+    seq_len: usize,
+    batch_size: usize,
+    seed: u64,
+    epoch: u64,
+    seqs: Vec<PackedSeq>,
+    pos: usize,
+}
+
+impl<'a> Batches<'a> {
+    /// Batches of `batch_size` sequences of `seq_len` over `docs`.
+    pub fn new(docs: &'a [TokenDoc], seq_len: usize, batch_size: usize, seed: u64) -> Self {
+        Self {
+            docs,
+            seq_len,
+            batch_size,
+            seed,
+            epoch: 0,
+            seqs: Vec::new(),
+            pos: 0,
+        }
+    }
+
+    /// The next batch's sequences.
+    pub fn next_seqs(&mut self) -> &[PackedSeq] {
+        if self.pos + self.batch_size > self.seqs.len() {
+            self.seqs = epoch(self.docs, self.seq_len, self.seed ^ self.epoch);
+            self.epoch += 1;
+            self.pos = 0;
+        }
+        self.pos += self.batch_size;
+        &self.seqs[self.pos - self.batch_size..self.pos.min(self.seqs.len())]
+    }
+}
+
+/// What a run produced.
+pub struct TrainReport {
+    /// Loss of every step.
+    pub losses: Vec<f32>,
+    /// The trained model.
+    pub model: Gpt,
+    /// Seconds spent training.
+    pub seconds: f64,
+}
+
+/// Trains `config.steps` steps on `device` (an autodiff device), with the hook writing to `sink`
+/// when one is given.
+pub fn train(
+    config: &TrainConfig,
+    prepared: &Prepared,
+    device: &Device,
+    sink: Option<Box<dyn Sink>>,
+) -> Result<TrainReport> {
+    device.seed(config.seed);
+    let hook = match sink {
+        Some(sink) => Some(Hook::<LmBatch>::new(config.hook.clone(), sink)?),
+        None => None,
+    };
+    let tap = hook.as_ref().map_or_else(Tap::detached, Hook::tap);
+    let mut model = config.model(prepared.bpe.vocab_size()).init(device, &tap);
+    let mut optim = AdamConfig::new().init();
+    let mut batches = Batches::new(&prepared.tokens, config.seq_len, config.batch_size, config.seed);
+    let mut losses = Vec::with_capacity(config.steps);
+    let start = Instant::now();
+    let mut window_loss = 0.0;
+    for step in 0..config.steps {
+        let batch = LmBatch::new(batches.next_seqs(), device);
+        let lr = config.lr_at(step);
+        if let Some(h) = &hook {
+            h.arm();
+        }
+        let (loss, token_loss) = model.loss(&batch, FitLabels::Empirical);
+        let mut grads = loss.backward();
+        if let Some(h) = &hook {
+            h.capture(&mut grads, &batch.step_batch(Some(token_loss)), &batch)
+                .with_context(|| format!("hook capture at step {step}"))?;
+        }
+        let grads = GradientsParams::from_grads(grads, &model);
+        model = optim.step(lr, model, grads);
+        if let Some(h) = &hook {
+            h.end_step(lr, &model)
+                .with_context(|| format!("hook at the end of step {step}"))?;
+        }
+        let l: f32 = loss.into_scalar();
+        losses.push(l);
+        window_loss += f64::from(l);
+        if config.log_every > 0 && (step + 1) % config.log_every == 0 {
+            println!(
+                "step {:>5}/{}  loss {:.4}  lr {:.2e}  {:.1} s",
+                step + 1,
+                config.steps,
+                window_loss / config.log_every as f64,
+                lr,
+                start.elapsed().as_secs_f64()
+            );
+            window_loss = 0.0;
+        }
+    }
+    if let Some(h) = &hook {
+        h.finish(&model).context("finishing the hook")?;
+    }
+    Ok(TrainReport {
+        losses,
+        model,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}

@@ -1,0 +1,315 @@
+//! A plain tracked Linear layer: the hook's per-document gradients, sketches, factors and
+//! corrected eigenvalues against exact references (autodiff on each document alone, and dense
+//! f64 sums on the host), with padding, two documents packed in one sequence, and all three loss
+//! reductions.
+//!
+//! Tolerances: everything on the device is f32; references are f64 sums of the same f32 inputs.
+//! Gradients and sketches agree to a relative 1e-5 (a handful of f32 roundings on sums of ≤ 10
+//! terms); factors and eigenvalues to 1e-4 (f32 matmuls of ~10 tokens, then an f64
+//! eigendecomposition of the f32-accumulated factor).
+
+use burn::module::Module;
+use burn::nn::LinearConfig;
+use burn::tensor::{Device, Tensor, TensorData};
+use influence_core::{LossReduction, MemorySink, MemoryStore, ProjectionKind};
+use influence_hook::{DocRef, FitLabels, FitLoss, Hook, HookConfig, StepBatch, TrackedLinear};
+use influence_tests::{linear_grad, project_dense, rel_err, rotate_dense, sketch_of};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+const B: usize = 3;
+const S: usize = 4;
+const D_IN: usize = 5;
+const D_OUT: usize = 3;
+/// Two documents share sequence 0; sequences 1 and 2 end in padding.
+const DOC_INDEX: [i32; B * S] = [0, 0, 1, 1, 2, 2, 2, -1, 3, -1, -1, -1];
+const DOCS: usize = 4;
+
+#[derive(Module, Debug)]
+struct Net {
+    layer: TrackedLinear,
+}
+
+/// Inputs, regression targets and loss weights; `scale` applies the loss reduction.
+#[derive(Clone, Debug)]
+struct Item {
+    x: Tensor<3>,
+    r: Tensor<3>,
+    w: Tensor<3>,
+    scale: f64,
+}
+
+impl FitLoss<Item> for Net {
+    /// `scale · ½ Σ_t w_t ‖y_t − r_t‖²`.
+    fn fit_loss(&self, it: &Item, _: FitLabels) -> Tensor<1> {
+        let y = self.layer.forward(it.x.clone());
+        ((y - it.r.clone()).powf_scalar(2.0) * it.w.clone()).sum() * (0.5 * it.scale)
+    }
+}
+
+struct Fixture {
+    device: Device,
+    x: Vec<f32>,
+    r: Vec<f32>,
+    net: Net,
+    hook: Hook<Item>,
+    sink: MemorySink,
+}
+
+fn fixture(config: HookConfig) -> Fixture {
+    let device = Device::flex().autodiff();
+    device.seed(11);
+    let mut rng = StdRng::seed_from_u64(5);
+    // Padding positions get real (non-zero) inputs too: the hook must mask them.
+    let x: Vec<f32> = (0..B * S * D_IN).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let r: Vec<f32> = (0..B * S * D_OUT).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let sink = MemorySink::new();
+    let hook = Hook::<Item>::new(config, sink.clone()).expect("config");
+    let net = Net {
+        layer: TrackedLinear::new(LinearConfig::new(D_IN, D_OUT).init(&device), "layer", &hook.tap()),
+    };
+    Fixture { device, x, r, net, hook, sink }
+}
+
+fn item(f: &Fixture, positions: &[usize], scale: f64) -> Item {
+    let n = positions.len();
+    let pick = |v: &[f32], d: usize| -> Vec<f32> {
+        positions.iter().flat_map(|&p| v[p * d..(p + 1) * d].to_vec()).collect()
+    };
+    Item {
+        x: Tensor::from_data(TensorData::new(pick(&f.x, D_IN), [1, n, D_IN]), &f.device),
+        r: Tensor::from_data(TensorData::new(pick(&f.r, D_OUT), [1, n, D_OUT]), &f.device),
+        w: Tensor::ones([1, n, 1], &f.device),
+        scale,
+    }
+}
+
+/// The full batch (with padding weighted 0) and its hook description.
+fn batch(f: &Fixture, reduction: LossReduction) -> (Item, StepBatch) {
+    let valid = DOC_INDEX.iter().filter(|&&d| d >= 0).count();
+    let scale = match reduction {
+        LossReduction::Sum => 1.0,
+        LossReduction::MeanOverTokens => 1.0 / valid as f64,
+        LossReduction::MeanOverSequences => 1.0 / B as f64,
+    };
+    let w: Vec<f32> = DOC_INDEX.iter().map(|&d| if d >= 0 { 1.0 } else { 0.0 }).collect();
+    let it = Item {
+        x: Tensor::from_data(TensorData::new(f.x.clone(), [B, S, D_IN]), &f.device),
+        r: Tensor::from_data(TensorData::new(f.r.clone(), [B, S, D_OUT]), &f.device),
+        w: Tensor::from_data(TensorData::new(w, [B, S, 1]), &f.device),
+        scale,
+    };
+    let sb = StepBatch {
+        batch_size: B,
+        seq_len: S,
+        doc_index: DOC_INDEX.to_vec(),
+        docs: (0..DOCS as u64)
+            .map(|i| DocRef { id: 100 + i, source: format!("src{}", i % 2) })
+            .collect(),
+        loss_tokens: None,
+        token_loss: None,
+    };
+    (it, sb)
+}
+
+/// One hooked step (no parameter update, so the checkpoint equals the step's model) and finish.
+fn run_step(f: &Fixture, reduction: LossReduction) -> MemoryStore {
+    let (it, sb) = batch(f, reduction);
+    f.hook.arm();
+    let mut grads = f.net.fit_loss(&it, FitLabels::Empirical).backward();
+    f.hook.capture(&mut grads, &sb, &it).expect("capture");
+    f.hook.end_step(0.1, &f.net).expect("end step");
+    f.hook.finish(&f.net).expect("finish");
+    f.sink.store().clone()
+}
+
+fn positions(doc: usize) -> Vec<usize> {
+    (0..B * S).filter(|&p| DOC_INDEX[p] == doc as i32).collect()
+}
+
+/// Exact per-document gradients: autodiff of each document's sum loss, run on that document alone.
+fn reference_grads(f: &Fixture) -> Vec<Vec<f64>> {
+    (0..DOCS)
+        .map(|d| {
+            let grads = f.net.fit_loss(&item(f, &positions(d), 1.0), FitLabels::Empirical).backward();
+            linear_grad(&f.net.layer, &grads)
+        })
+        .collect()
+}
+
+fn exact_config(reduction: LossReduction) -> HookConfig {
+    HookConfig::default()
+        .projection(ProjectionKind::Identity)
+        .loss_reduction(reduction)
+        .window_steps(1)
+        .factor_every(1)
+        .fit_batches(1)
+}
+
+#[test]
+fn per_document_gradients_equal_autodiff_alone_for_every_reduction() {
+    for reduction in [
+        LossReduction::Sum,
+        LossReduction::MeanOverTokens,
+        LossReduction::MeanOverSequences,
+    ] {
+        let f = fixture(exact_config(reduction));
+        let store = run_step(&f, reduction);
+        let reference = reference_grads(&f);
+        let len = D_OUT * (D_IN + 1);
+        for (d, want) in reference.iter().enumerate() {
+            let got = sketch_of(&store.batches, 0, 100 + d as u64, len);
+            let e = rel_err(&got, want);
+            assert!(e < 1e-5, "{reduction:?} doc {d}: relative error {e}");
+        }
+        let rows = &store.batches[0].rows;
+        assert_eq!(rows.iter().map(|r| r.tokens).collect::<Vec<_>>(), [2, 2, 3, 1]);
+        assert_eq!(rows[1].source, "src1");
+    }
+}
+
+#[test]
+fn factors_equal_brute_force_sums_and_eigenvalues_the_brute_force_mean() {
+    let f = fixture(exact_config(LossReduction::MeanOverTokens));
+    let store = run_step(&f, LossReduction::MeanOverTokens);
+    let layer = &store.windows[0].layers[0];
+
+    // Brute force in f64: a_t with the bias 1, g_t = y_t − r_t (the sum loss's output gradient).
+    let w = influence_tests::host(f.net.layer.linear.weight.val());
+    let bias = influence_tests::host(
+        f.net.layer.linear.bias.as_ref().expect("bias").val().reshape([1, D_OUT]),
+    );
+    let da = D_IN + 1;
+    let (mut a_ref, mut s_ref) = (vec![0.0; da * da], vec![0.0; D_OUT * D_OUT]);
+    let valid: Vec<usize> = (0..B * S).filter(|&p| DOC_INDEX[p] >= 0).collect();
+    for &p in &valid {
+        let mut a: Vec<f64> = f.x[p * D_IN..(p + 1) * D_IN].iter().map(|&v| f64::from(v)).collect();
+        a.push(1.0);
+        let g: Vec<f64> = (0..D_OUT)
+            .map(|o| {
+                let y: f64 = bias[o] + (0..D_IN).map(|i| a[i] * w[i * D_OUT + o]).sum::<f64>();
+                y - f64::from(f.r[p * D_OUT + o])
+            })
+            .collect();
+        for i in 0..da {
+            for j in 0..da {
+                a_ref[i * da + j] += a[i] * a[j] / valid.len() as f64;
+            }
+        }
+        for i in 0..D_OUT {
+            for j in 0..D_OUT {
+                s_ref[i * D_OUT + j] += g[i] * g[j] / valid.len() as f64;
+            }
+        }
+    }
+    assert!(rel_err(&layer.a, &a_ref) < 1e-5, "A: {}", rel_err(&layer.a, &a_ref));
+    assert!(rel_err(&layer.s, &s_ref) < 1e-5, "S: {}", rel_err(&layer.s, &s_ref));
+    assert_eq!(layer.tokens, valid.len() as u64);
+    assert!((layer.tokens_per_example - valid.len() as f64 / DOCS as f64).abs() < 1e-12);
+
+    // Λ_ij = mean_n (Q_Sᵀ G_n Q_A)_ij² over the re-run documents (all four here).
+    let reference = reference_grads(&f);
+    let mut lam_ref = vec![0.0; D_OUT * da];
+    for g in &reference {
+        for (l, v) in lam_ref.iter_mut().zip(rotate_dense(g, &layer.eig_s, &layer.eig_a)) {
+            *l += v * v / DOCS as f64;
+        }
+    }
+    let lam = layer.corrected.as_ref().expect("corrected eigenvalues");
+    assert_eq!(layer.corrected_examples, DOCS as u64);
+    let e = rel_err(lam, &lam_ref);
+    assert!(e < 1e-4, "Λ relative error {e}");
+    // Rotation invariance: Σ Λ = mean_n ‖G_n‖².
+    let trace: f64 = reference.iter().map(|g| g.iter().map(|v| v * v).sum::<f64>()).sum::<f64>() / DOCS as f64;
+    assert!((lam.iter().sum::<f64>() - trace).abs() < 1e-4 * trace);
+}
+
+#[test]
+fn kfac_fallback_without_a_fit_pass() {
+    let f = fixture(exact_config(LossReduction::Sum).fit_batches(0));
+    let store = run_step(&f, LossReduction::Sum);
+    let layer = &store.windows[0].layers[0];
+    assert!(layer.corrected.is_none());
+    let tpe = influence_ekfac::tokens_per_example(layer);
+    assert!((tpe - 8.0 / 4.0).abs() < 1e-12);
+    let lam = influence_ekfac::kfac_eigenvalues(&layer.eig_s, &layer.eig_a, tpe);
+    for (i, ls) in layer.eig_s.values.iter().enumerate() {
+        for (j, la) in layer.eig_a.values.iter().enumerate() {
+            let want = tpe * ls.max(0.0) * la.max(0.0);
+            assert!((lam[i * (D_IN + 1) + j] - want).abs() <= 1e-12 * want.abs().max(1.0));
+        }
+    }
+    // The EK-FAC preconditioner falls back to exactly these eigenvalues.
+    let g = vec![1.0; D_OUT * (D_IN + 1)];
+    let damping = influence_ekfac::Damping::Absolute(0.5);
+    let ek = influence_ekfac::Preconditioner::new(layer, influence_ekfac::Strategy::Ekfac, damping).expect("ekfac");
+    let kf = influence_ekfac::Preconditioner::new(layer, influence_ekfac::Strategy::Kfac, damping).expect("kfac");
+    assert_eq!(ek.apply(&g).expect("apply"), kf.apply(&g).expect("apply"));
+}
+
+#[test]
+fn sketches_equal_dense_projections_of_exact_gradients() {
+    for kind in [ProjectionKind::Rademacher, ProjectionKind::Gaussian] {
+        let config = exact_config(LossReduction::MeanOverTokens)
+            .projection(kind)
+            .k_a(4)
+            .k_g(2)
+            .projection_seed(99);
+        let f = fixture(config);
+        let store = run_step(&f, LossReduction::MeanOverTokens);
+        let run = store.run.as_ref().expect("run info");
+        // The projections are regenerated from the seed alone.
+        let (pa, pg) = run.projections(0).expect("projections");
+        assert_eq!((pa.d, pa.k, pg.d, pg.k), (D_IN + 1, 4, D_OUT, 2));
+        for (d, g) in reference_grads(&f).iter().enumerate() {
+            let want = project_dense(g, &pg.values, &pa.values, D_OUT, D_IN + 1, 2, 4);
+            let got = sketch_of(&store.batches, 0, 100 + d as u64, 8);
+            let e = rel_err(&got, &want);
+            assert!(e < 1e-5, "{kind:?} doc {d}: {e}");
+        }
+    }
+}
+
+#[test]
+fn token_subsample_and_schedule_count_tokens() {
+    let config = exact_config(LossReduction::Sum)
+        .factor_token_fraction(0.5)
+        .window_steps(3)
+        .factor_every(2)
+        .fit_batches(0);
+    let f = fixture(config);
+    for _ in 0..3 {
+        let (it, sb) = batch(&f, LossReduction::Sum);
+        f.hook.arm();
+        let mut grads = f.net.fit_loss(&it, FitLabels::Empirical).backward();
+        f.hook.capture(&mut grads, &sb, &it).expect("capture");
+        f.hook.end_step(0.1, &f.net).expect("end step");
+    }
+    f.hook.finish(&f.net).expect("finish");
+    let store = f.sink.store();
+    assert_eq!(store.windows.len(), 1);
+    assert_eq!(store.windows[0].learning_rates, vec![0.1; 3]);
+    // Factor steps 0 and 2, each ⌈8 × 0.5⌉ = 4 of the 8 document tokens.
+    assert_eq!(store.windows[0].layers[0].tokens, 8);
+    assert_eq!(store.rows(), 3 * DOCS);
+    assert_eq!(store.checkpoints.len(), 1);
+}
+
+#[test]
+fn bad_batches_and_call_order_are_reported() {
+    let f = fixture(exact_config(LossReduction::Sum));
+    let (it, mut sb) = batch(&f, LossReduction::Sum);
+    sb.doc_index[0] = 9;
+    f.hook.arm();
+    let mut grads = f.net.fit_loss(&it, FitLabels::Empirical).backward();
+    let e = f.hook.capture(&mut grads, &sb, &it).expect_err("bad doc index");
+    assert!(e.to_string().contains("doc_index[0] = 9"), "{e}");
+    // The hook stays failed and says why.
+    let e = f.hook.finish(&f.net).expect_err("failed");
+    assert!(e.to_string().contains("doc_index"), "{e}");
+
+    let f = fixture(exact_config(LossReduction::Sum));
+    let (it, sb) = batch(&f, LossReduction::Sum);
+    let mut grads = f.net.fit_loss(&it, FitLabels::Empirical).backward();
+    let e = f.hook.capture(&mut grads, &sb, &it).expect_err("not armed");
+    assert!(e.to_string().contains("arm()"), "{e}");
+}
