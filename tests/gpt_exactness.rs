@@ -88,11 +88,20 @@ fn per_document_gradients_in_the_gpt_equal_autodiff_alone() {
             let want: Vec<f64> = linear_grad(layer, &grads).iter().map(|v| v * n).collect();
             let got = sketch_of(&store.batches, li, doc.id, run.layers[li].sketch_len());
             let e = rel_err(&got, &want);
-            assert!(e < 1e-4, "doc {} layer {}: relative error {e}", doc.id, run.layers[li].name);
+            assert!(
+                e < 1e-4,
+                "doc {} layer {}: relative error {e}",
+                doc.id,
+                run.layers[li].name
+            );
         }
         // The recorded per-document loss is that document's mean token loss alone.
         let alone_loss = f64::from(token_loss.sum().into_scalar::<f32>()) / n;
-        let row = store.batches[0].rows.iter().find(|r| r.doc_id == doc.id).expect("row");
+        let row = store.batches[0]
+            .rows
+            .iter()
+            .find(|r| r.doc_id == doc.id)
+            .expect("row");
         assert!((f64::from(row.loss.expect("loss")) - alone_loss).abs() < 1e-4);
     }
 }

@@ -60,20 +60,38 @@ fn fixture(config: HookConfig) -> Fixture {
     device.seed(11);
     let mut rng = StdRng::seed_from_u64(5);
     // Padding positions get real (non-zero) inputs too: the hook must mask them.
-    let x: Vec<f32> = (0..B * S * D_IN).map(|_| rng.random_range(-1.0..1.0)).collect();
-    let r: Vec<f32> = (0..B * S * D_OUT).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let x: Vec<f32> = (0..B * S * D_IN)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    let r: Vec<f32> = (0..B * S * D_OUT)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
     let sink = MemorySink::new();
     let hook = Hook::<Item>::new(config, sink.clone()).expect("config");
     let net = Net {
-        layer: TrackedLinear::new(LinearConfig::new(D_IN, D_OUT).init(&device), "layer", &hook.tap()),
+        layer: TrackedLinear::new(
+            LinearConfig::new(D_IN, D_OUT).init(&device),
+            "layer",
+            &hook.tap(),
+        ),
     };
-    Fixture { device, x, r, net, hook, sink }
+    Fixture {
+        device,
+        x,
+        r,
+        net,
+        hook,
+        sink,
+    }
 }
 
 fn item(f: &Fixture, positions: &[usize], scale: f64) -> Item {
     let n = positions.len();
     let pick = |v: &[f32], d: usize| -> Vec<f32> {
-        positions.iter().flat_map(|&p| v[p * d..(p + 1) * d].to_vec()).collect()
+        positions
+            .iter()
+            .flat_map(|&p| v[p * d..(p + 1) * d].to_vec())
+            .collect()
     };
     Item {
         x: Tensor::from_data(TensorData::new(pick(&f.x, D_IN), [1, n, D_IN]), &f.device),
@@ -91,7 +109,10 @@ fn batch(f: &Fixture, reduction: LossReduction) -> (Item, StepBatch) {
         LossReduction::MeanOverTokens => 1.0 / valid as f64,
         LossReduction::MeanOverSequences => 1.0 / B as f64,
     };
-    let w: Vec<f32> = DOC_INDEX.iter().map(|&d| if d >= 0 { 1.0 } else { 0.0 }).collect();
+    let w: Vec<f32> = DOC_INDEX
+        .iter()
+        .map(|&d| if d >= 0 { 1.0 } else { 0.0 })
+        .collect();
     let it = Item {
         x: Tensor::from_data(TensorData::new(f.x.clone(), [B, S, D_IN]), &f.device),
         r: Tensor::from_data(TensorData::new(f.r.clone(), [B, S, D_OUT]), &f.device),
@@ -103,7 +124,10 @@ fn batch(f: &Fixture, reduction: LossReduction) -> (Item, StepBatch) {
         seq_len: S,
         doc_index: DOC_INDEX.to_vec(),
         docs: (0..DOCS as u64)
-            .map(|i| DocRef { id: 100 + i, source: format!("src{}", i % 2) })
+            .map(|i| DocRef {
+                id: 100 + i,
+                source: format!("src{}", i % 2),
+            })
             .collect(),
         loss_tokens: None,
         token_loss: None,
@@ -130,7 +154,10 @@ fn positions(doc: usize) -> Vec<usize> {
 fn reference_grads(f: &Fixture) -> Vec<Vec<f64>> {
     (0..DOCS)
         .map(|d| {
-            let grads = f.net.fit_loss(&item(f, &positions(d), 1.0), FitLabels::Empirical).backward();
+            let grads = f
+                .net
+                .fit_loss(&item(f, &positions(d), 1.0), FitLabels::Empirical)
+                .backward();
             linear_grad(&f.net.layer, &grads)
         })
         .collect()
@@ -162,7 +189,10 @@ fn per_document_gradients_equal_autodiff_alone_for_every_reduction() {
             assert!(e < 1e-5, "{reduction:?} doc {d}: relative error {e}");
         }
         let rows = &store.batches[0].rows;
-        assert_eq!(rows.iter().map(|r| r.tokens).collect::<Vec<_>>(), [2, 2, 3, 1]);
+        assert_eq!(
+            rows.iter().map(|r| r.tokens).collect::<Vec<_>>(),
+            [2, 2, 3, 1]
+        );
         assert_eq!(rows[1].source, "src1");
     }
 }
@@ -176,13 +206,23 @@ fn factors_equal_brute_force_sums_and_eigenvalues_the_brute_force_mean() {
     // Brute force in f64: a_t with the bias 1, g_t = y_t − r_t (the sum loss's output gradient).
     let w = influence_tests::host(f.net.layer.linear.weight.val());
     let bias = influence_tests::host(
-        f.net.layer.linear.bias.as_ref().expect("bias").val().reshape([1, D_OUT]),
+        f.net
+            .layer
+            .linear
+            .bias
+            .as_ref()
+            .expect("bias")
+            .val()
+            .reshape([1, D_OUT]),
     );
     let da = D_IN + 1;
     let (mut a_ref, mut s_ref) = (vec![0.0; da * da], vec![0.0; D_OUT * D_OUT]);
     let valid: Vec<usize> = (0..B * S).filter(|&p| DOC_INDEX[p] >= 0).collect();
     for &p in &valid {
-        let mut a: Vec<f64> = f.x[p * D_IN..(p + 1) * D_IN].iter().map(|&v| f64::from(v)).collect();
+        let mut a: Vec<f64> = f.x[p * D_IN..(p + 1) * D_IN]
+            .iter()
+            .map(|&v| f64::from(v))
+            .collect();
         a.push(1.0);
         let g: Vec<f64> = (0..D_OUT)
             .map(|o| {
@@ -201,8 +241,16 @@ fn factors_equal_brute_force_sums_and_eigenvalues_the_brute_force_mean() {
             }
         }
     }
-    assert!(rel_err(&layer.a, &a_ref) < 1e-5, "A: {}", rel_err(&layer.a, &a_ref));
-    assert!(rel_err(&layer.s, &s_ref) < 1e-5, "S: {}", rel_err(&layer.s, &s_ref));
+    assert!(
+        rel_err(&layer.a, &a_ref) < 1e-5,
+        "A: {}",
+        rel_err(&layer.a, &a_ref)
+    );
+    assert!(
+        rel_err(&layer.s, &s_ref) < 1e-5,
+        "S: {}",
+        rel_err(&layer.s, &s_ref)
+    );
     assert_eq!(layer.tokens, valid.len() as u64);
     assert!((layer.tokens_per_example - valid.len() as f64 / DOCS as f64).abs() < 1e-12);
 
@@ -210,7 +258,10 @@ fn factors_equal_brute_force_sums_and_eigenvalues_the_brute_force_mean() {
     let reference = reference_grads(&f);
     let mut lam_ref = vec![0.0; D_OUT * da];
     for g in &reference {
-        for (l, v) in lam_ref.iter_mut().zip(rotate_dense(g, &layer.eig_s, &layer.eig_a)) {
+        for (l, v) in lam_ref
+            .iter_mut()
+            .zip(rotate_dense(g, &layer.eig_s, &layer.eig_a))
+        {
             *l += v * v / DOCS as f64;
         }
     }
@@ -219,7 +270,11 @@ fn factors_equal_brute_force_sums_and_eigenvalues_the_brute_force_mean() {
     let e = rel_err(lam, &lam_ref);
     assert!(e < 1e-4, "Λ relative error {e}");
     // Rotation invariance: Σ Λ = mean_n ‖G_n‖².
-    let trace: f64 = reference.iter().map(|g| g.iter().map(|v| v * v).sum::<f64>()).sum::<f64>() / DOCS as f64;
+    let trace: f64 = reference
+        .iter()
+        .map(|g| g.iter().map(|v| v * v).sum::<f64>())
+        .sum::<f64>()
+        / DOCS as f64;
     assert!((lam.iter().sum::<f64>() - trace).abs() < 1e-4 * trace);
 }
 
@@ -241,8 +296,10 @@ fn kfac_fallback_without_a_fit_pass() {
     // The EK-FAC preconditioner falls back to exactly these eigenvalues.
     let g = vec![1.0; D_OUT * (D_IN + 1)];
     let damping = influence_ekfac::Damping::Absolute(0.5);
-    let ek = influence_ekfac::Preconditioner::new(layer, influence_ekfac::Strategy::Ekfac, damping).expect("ekfac");
-    let kf = influence_ekfac::Preconditioner::new(layer, influence_ekfac::Strategy::Kfac, damping).expect("kfac");
+    let ek = influence_ekfac::Preconditioner::new(layer, influence_ekfac::Strategy::Ekfac, damping)
+        .expect("ekfac");
+    let kf = influence_ekfac::Preconditioner::new(layer, influence_ekfac::Strategy::Kfac, damping)
+        .expect("kfac");
     assert_eq!(ek.apply(&g).expect("apply"), kf.apply(&g).expect("apply"));
 }
 
@@ -301,7 +358,10 @@ fn bad_batches_and_call_order_are_reported() {
     sb.doc_index[0] = 9;
     f.hook.arm();
     let mut grads = f.net.fit_loss(&it, FitLabels::Empirical).backward();
-    let e = f.hook.capture(&mut grads, &sb, &it).expect_err("bad doc index");
+    let e = f
+        .hook
+        .capture(&mut grads, &sb, &it)
+        .expect_err("bad doc index");
     assert!(e.to_string().contains("doc_index[0] = 9"), "{e}");
     // The hook stays failed and says why.
     let e = f.hook.finish(&f.net).expect_err("failed");

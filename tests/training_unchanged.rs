@@ -30,8 +30,13 @@ fn hook_does_not_change_the_loss_curve_or_the_parameters() {
     let device = Device::flex().autodiff();
     let plain = train(&config, &prepared, &device, None).expect("plain run");
     let sink = MemorySink::new();
-    let hooked = train(&config, &prepared, &device, Some(Box::new(sink.clone()) as Box<dyn Sink>))
-        .expect("hooked run");
+    let hooked = train(
+        &config,
+        &prepared,
+        &device,
+        Some(Box::new(sink.clone()) as Box<dyn Sink>),
+    )
+    .expect("hooked run");
 
     assert_eq!(plain.losses.len(), 6);
     // Adding a zero probe changes no f32 value: the runs agree to rounding (here: exactly).
@@ -40,14 +45,26 @@ fn hook_does_not_change_the_loss_curve_or_the_parameters() {
     }
     let (pa, pb) = (parameters(&plain.model), parameters(&hooked.model));
     assert_eq!(pa.len(), pb.len());
-    let max = pa.iter().zip(&pb).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    let max = pa
+        .iter()
+        .zip(&pb)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(max <= 1e-6, "parameters differ by {max}");
 
     let store = sink.store();
-    assert_eq!(store.windows.len(), 2, "a full window and the final partial one");
+    assert_eq!(
+        store.windows.len(),
+        2,
+        "a full window and the final partial one"
+    );
     assert_eq!(store.checkpoints.len(), 2);
     assert_eq!(store.batches.len(), 6);
-    assert!(store.windows[0].layers.iter().all(|l| l.corrected.is_some()));
+    assert!(
+        store.windows[0]
+            .layers
+            .iter()
+            .all(|l| l.corrected.is_some())
+    );
     // The loss recorded per document averages to the batch loss (all rows of step 0).
     let rows = &store.batches[0].rows;
     let tokens: u32 = rows.iter().map(|r| r.tokens).sum();
@@ -56,7 +73,11 @@ fn hook_does_not_change_the_loss_curve_or_the_parameters() {
         .map(|r| r.loss.expect("loss") * r.tokens as f32)
         .sum::<f32>()
         / tokens as f32;
-    assert!((mean - plain.losses[0]).abs() < 1e-4, "{mean} vs {}", plain.losses[0]);
+    assert!(
+        (mean - plain.losses[0]).abs() < 1e-4,
+        "{mean} vs {}",
+        plain.losses[0]
+    );
 }
 
 #[test]
@@ -90,10 +111,19 @@ fn hook_runs_inside_burn_train_learner() {
     let _ = std::fs::remove_dir_all(&dir);
     let store = sink.store();
     assert!(!r.losses.is_empty());
-    assert_eq!(store.batches.len(), r.losses.len(), "one sketch batch per training step");
+    assert_eq!(
+        store.batches.len(),
+        r.losses.len(),
+        "one sketch batch per training step"
+    );
     assert!(store.rows() > 0);
     assert!(!store.windows.is_empty());
     assert!(store.finished);
     // Learning rates reach the records (cosine schedule: positive, at most the peak).
-    assert!(store.batches.iter().all(|b| b.learning_rate > 0.0 && b.learning_rate <= config.lr + 1e-12));
+    assert!(
+        store
+            .batches
+            .iter()
+            .all(|b| b.learning_rate > 0.0 && b.learning_rate <= config.lr + 1e-12)
+    );
 }

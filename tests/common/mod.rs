@@ -17,14 +17,22 @@ pub fn host(t: Tensor<2>) -> Vec<f64> {
 /// The per-example gradient `G` (`d_out × d_in_aug`, row-major) of a tracked layer from autodiff:
 /// burn stores `W` as `[d_in, d_out]`, so `G[o][i] = W.grad[i][o]` and `G[o][d_in] = b.grad[o]`.
 pub fn linear_grad(layer: &TrackedLinear, grads: &Gradients) -> Vec<f64> {
-    let w = layer.linear.weight.val().grad(grads).expect("weight gradient");
+    let w = layer
+        .linear
+        .weight
+        .val()
+        .grad(grads)
+        .expect("weight gradient");
     let [d_in, d_out] = w.dims();
     let w = host(w);
-    let b = layer
-        .linear
-        .bias
-        .as_ref()
-        .map(|b| host(b.val().grad(grads).expect("bias gradient").reshape([1, d_out])));
+    let b = layer.linear.bias.as_ref().map(|b| {
+        host(
+            b.val()
+                .grad(grads)
+                .expect("bias gradient")
+                .reshape([1, d_out]),
+        )
+    });
     let da = d_in + usize::from(b.is_some());
     let mut g = vec![0.0; d_out * da];
     for o in 0..d_out {
@@ -49,7 +57,15 @@ pub fn rel_err(got: &[f64], want: &[f64]) -> f64 {
 }
 
 /// `P_gᵀ G P_a` densely: `G` is `d_out × d_in`, `P_g` is `d_out × k_g`, `P_a` is `d_in × k_a`.
-pub fn project_dense(g: &[f64], pg: &[f32], pa: &[f32], d_out: usize, d_in: usize, kg: usize, ka: usize) -> Vec<f64> {
+pub fn project_dense(
+    g: &[f64],
+    pg: &[f32],
+    pa: &[f32],
+    d_out: usize,
+    d_in: usize,
+    kg: usize,
+    ka: usize,
+) -> Vec<f64> {
     let mut out = vec![0.0; kg * ka];
     for i in 0..kg {
         for j in 0..ka {
@@ -71,13 +87,17 @@ pub fn rotate_dense(g: &[f64], qs: &Eigenbasis, qa: &Eigenbasis) -> Vec<f64> {
     let mut tmp = vec![0.0; ds * da]; // Q_Sᵀ G
     for i in 0..ds {
         for c in 0..da {
-            tmp[i * da + c] = (0..ds).map(|o| qs.vectors[o * ds + i] * g[o * da + c]).sum();
+            tmp[i * da + c] = (0..ds)
+                .map(|o| qs.vectors[o * ds + i] * g[o * da + c])
+                .sum();
         }
     }
     let mut out = vec![0.0; ds * da];
     for i in 0..ds {
         for j in 0..da {
-            out[i * da + j] = (0..da).map(|c| tmp[i * da + c] * qa.vectors[c * da + j]).sum();
+            out[i * da + j] = (0..da)
+                .map(|c| tmp[i * da + c] * qa.vectors[c * da + j])
+                .sum();
         }
     }
     out
@@ -90,7 +110,13 @@ pub fn sketch_of(batches: &[SketchBatch], layer: usize, doc_id: u64, len: usize)
         for (r, row) in b.rows.iter().enumerate() {
             if row.doc_id == doc_id {
                 assert!(found.is_none(), "document {doc_id} sketched twice");
-                found = Some(b.sketch(layer, r, len).expect("sketch").iter().map(|&v| f64::from(v)).collect());
+                found = Some(
+                    b.sketch(layer, r, len)
+                        .expect("sketch")
+                        .iter()
+                        .map(|&v| f64::from(v))
+                        .collect(),
+                );
             }
         }
     }
@@ -102,8 +128,12 @@ pub fn parameters<M: Module>(m: &M) -> Vec<f32> {
     struct Collect(Vec<f32>);
     impl ModuleVisitor for Collect {
         fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-            self.0
-                .extend(p.val().to_data().try_to_vec::<f32>().expect("f32 parameter"));
+            self.0.extend(
+                p.val()
+                    .to_data()
+                    .try_to_vec::<f32>()
+                    .expect("f32 parameter"),
+            );
         }
     }
     let mut c = Collect(Vec::new());

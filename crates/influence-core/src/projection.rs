@@ -199,7 +199,11 @@ mod tests {
         // Pinned values: a change here silently invalidates every store already written.
         let p = Projection::generate(ProjectionKind::Rademacher, 0, "layer", Side::Input, 2, 4)
             .expect("sizes");
-        let signs: Vec<i8> = p.values.iter().map(|&v| if v > 0.0 { 1 } else { -1 }).collect();
+        let signs: Vec<i8> = p
+            .values
+            .iter()
+            .map(|&v| if v > 0.0 { 1 } else { -1 })
+            .collect();
         let again = Projection::generate(ProjectionKind::Rademacher, 0, "layer", Side::Input, 2, 4)
             .expect("sizes");
         assert_eq!(p, again);
@@ -210,7 +214,9 @@ mod tests {
 
     #[test]
     fn identity_requires_square() {
-        assert!(Projection::generate(ProjectionKind::Identity, 0, "l", Side::Input, 3, 2).is_none());
+        assert!(
+            Projection::generate(ProjectionKind::Identity, 0, "l", Side::Input, 3, 2).is_none()
+        );
         let p = Projection::generate(ProjectionKind::Identity, 0, "l", Side::Input, 3, 3)
             .expect("square");
         assert_eq!(p.apply_row(&[1.0, 2.0, 3.0]), vec![1.0, 2.0, 3.0]);

@@ -88,7 +88,11 @@ pub fn eigh_named(m: &[f64], n: usize, name: &str) -> Result<Eigenbasis, EkfacEr
 /// `mean_n vec(G_n) vec(G_n)ᵀ` of `G_n = Σ_{t∈n} g_t a_tᵀ` is `c = tokens per example` times larger
 /// when tokens are uncorrelated. Pass that ratio as `tokens_per_example` so that KFAC and
 /// EK-FAC eigenvalues share one scale.
-pub fn kfac_eigenvalues(eig_s: &Eigenbasis, eig_a: &Eigenbasis, tokens_per_example: f64) -> Vec<f64> {
+pub fn kfac_eigenvalues(
+    eig_s: &Eigenbasis,
+    eig_a: &Eigenbasis,
+    tokens_per_example: f64,
+) -> Vec<f64> {
     let mut out = Vec::with_capacity(eig_s.dim * eig_a.dim);
     for &ls in &eig_s.values {
         for &la in &eig_a.values {
@@ -150,7 +154,9 @@ impl Preconditioner {
         let ds = factors.eig_s.dim;
         let lambda: Vec<f64> = match strategy {
             Strategy::Identity => vec![0.0; ds * da],
-            Strategy::Kfac => kfac_eigenvalues(&factors.eig_s, &factors.eig_a, tokens_per_example(factors)),
+            Strategy::Kfac => {
+                kfac_eigenvalues(&factors.eig_s, &factors.eig_a, tokens_per_example(factors))
+            }
             Strategy::Ekfac => match &factors.corrected {
                 Some(c) => {
                     if c.len() != ds * da {
@@ -162,7 +168,9 @@ impl Preconditioner {
                     }
                     c.clone()
                 }
-                None => kfac_eigenvalues(&factors.eig_s, &factors.eig_a, tokens_per_example(factors)),
+                None => {
+                    kfac_eigenvalues(&factors.eig_s, &factors.eig_a, tokens_per_example(factors))
+                }
             },
         };
         let damping = match (strategy, damping) {
@@ -251,7 +259,9 @@ mod tests {
     use rand::{Rng, SeedableRng, rngs::StdRng};
 
     fn random_spd(n: usize, rng: &mut StdRng) -> Vec<f64> {
-        let x: Vec<f64> = (0..n * (n + 3)).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let x: Vec<f64> = (0..n * (n + 3))
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
         let m = n + 3;
         let mut out = vec![0.0; n * n];
         for i in 0..n {
@@ -274,7 +284,9 @@ mod tests {
                     .map(|k| e.vectors[i * n + k] * e.values[k] * e.vectors[j * n + k])
                     .sum();
                 assert!((rec - m[i * n + j]).abs() < 1e-10);
-                let dot: f64 = (0..n).map(|k| e.vectors[k * n + i] * e.vectors[k * n + j]).sum();
+                let dot: f64 = (0..n)
+                    .map(|k| e.vectors[k * n + i] * e.vectors[k * n + j])
+                    .sum();
                 assert!((dot - f64::from(u8::from(i == j))).abs() < 1e-10);
             }
         }

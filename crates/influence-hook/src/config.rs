@@ -218,7 +218,11 @@ mod tests {
     #[test]
     fn validation_names_the_field() {
         let e = HookConfig::default().factor_token_fraction(0.0).validate();
-        assert!(e.expect_err("invalid").to_string().contains("factor_token_fraction"));
+        assert!(
+            e.expect_err("invalid")
+                .to_string()
+                .contains("factor_token_fraction")
+        );
         let e = HookConfig::default().window_steps(0).validate();
         assert!(e.expect_err("invalid").to_string().contains("window_steps"));
         let json = r#"{"k_a": 8, "window_step": 3}"#;

@@ -168,10 +168,12 @@ impl<B: Clone + Send + 'static> Hook<B> {
     pub fn resume_at(&self, step: u64) -> Result<(), HookError> {
         let mut st = self.lock();
         if st.run.is_some() {
-            return Err(HookError::Config("resume_at: the run has already started".into()));
+            return Err(HookError::Config(
+                "resume_at: the run has already started".into(),
+            ));
         }
         let w = st.config.window_steps;
-        if step % w != 0 {
+        if !step.is_multiple_of(w) {
             return Err(HookError::Config(format!(
                 "resume_at: step {step} is not a window boundary (window_steps = {w})"
             )));
@@ -314,13 +316,16 @@ fn scale_of(reduction: LossReduction, batch: &StepBatch, valid: usize) -> f32 {
     }
 }
 
+/// `(layer index, input [b, s, d_in], output gradient [b, s, d_out])` of every tracked call.
+type LayerGrads = Vec<(usize, Tensor<3>, Tensor<3>)>;
+
 /// Probe gradients, rescaled to the per-document sum loss, with the matching inputs.
 fn gradients(
     captures: Vec<Captured>,
     grads: &mut Gradients,
     layers: &[LayerDev],
     scale: f32,
-) -> Result<Vec<(usize, Tensor<3>, Tensor<3>)>, HookError> {
+) -> Result<LayerGrads, HookError> {
     captures
         .into_iter()
         .map(|c| {
@@ -407,7 +412,7 @@ impl<B: Clone + Send + 'static> State<B> {
         let captured = gradients(captures, grads, &self.layers, scale)?;
 
         let in_window = self.step - self.window.first_step;
-        let factor_step = self.config.factors && in_window % self.config.factor_every == 0;
+        let factor_step = self.config.factors && in_window.is_multiple_of(self.config.factor_every);
         if factor_step {
             let subsample =
                 segs.factor_tokens(self.config.factor_token_fraction, &mut self.rng, &device);
@@ -601,7 +606,11 @@ impl<B: Clone + Send + 'static> State<B> {
             .map_err(|e| HookError::Checkpoint(format!("window {}: {e}", record.window)))?;
         self.sink.window(record)?;
         self.sink.checkpoint(self.window.index, bytes.to_vec())?;
-        tracing::info!(window = self.window.index, step = self.step, "window closed");
+        tracing::info!(
+            window = self.window.index,
+            step = self.step,
+            "window closed"
+        );
         self.window.index += 1;
         self.window.first_step = self.step;
         self.window.factor_docs = 0;
@@ -622,7 +631,7 @@ impl<B: Clone + Send + 'static> State<B> {
         tap: &Tap,
         model: &M,
         labels: impl Fn(usize) -> FitLabels,
-    ) -> Result<Vec<(Vec<(usize, Tensor<3>, Tensor<3>)>, Segments)>, HookError> {
+    ) -> Result<Vec<(LayerGrads, Segments)>, HookError> {
         let device = self
             .device
             .clone()
@@ -691,18 +700,24 @@ impl<B: Clone + Send + 'static> State<B> {
                 )));
             };
             let n = l.tokens.max(1) as f64;
-            let a: Vec<f64> = read(a_sum, "A")?.iter().map(|&v| f64::from(v) / n).collect();
-            let mut s: Vec<f64> = read(s_sum, "S")?.iter().map(|&v| f64::from(v) / n).collect();
+            let a: Vec<f64> = read(a_sum, "A")?
+                .iter()
+                .map(|&v| f64::from(v) / n)
+                .collect();
+            let mut s: Vec<f64> = read(s_sum, "S")?
+                .iter()
+                .map(|&v| f64::from(v) / n)
+                .collect();
             if sampled && !reruns.is_empty() {
                 // True Fisher: S from gradients of labels sampled from the model.
                 let mut sum: Option<Tensor<2>> = None;
                 let mut count = 0usize;
                 for (caps, segs) in &reruns {
-                    for (layer, _, g) in caps.iter().filter(|c| c.0 == li) {
-                        let _ = layer;
+                    for (_, _, g) in caps.iter().filter(|c| c.0 == li) {
                         let [b, sl, d] = g.dims();
                         let idx: Vec<i64> = segs.valid.iter().map(|&i| i as i64).collect();
-                        let gi = Tensor::from_data(TensorData::new(idx, [segs.valid.len()]), &device);
+                        let gi =
+                            Tensor::from_data(TensorData::new(idx, [segs.valid.len()]), &device);
                         let gv = g.clone().reshape([b * sl, d]).select(0, gi);
                         let gg = gv.clone().transpose().matmul(gv);
                         sum = Some(match sum.take() {
@@ -714,7 +729,10 @@ impl<B: Clone + Send + 'static> State<B> {
                 }
                 if let Some(sum) = sum {
                     let c = count.max(1) as f64;
-                    s = read(sum, "sampled S")?.iter().map(|&v| f64::from(v) / c).collect();
+                    s = read(sum, "sampled S")?
+                        .iter()
+                        .map(|&v| f64::from(v) / c)
+                        .collect();
                 }
             }
             let eig_a = influence_ekfac::eigh_named(&a, da, &format!("{name}: A"))?;
@@ -734,7 +752,10 @@ impl<B: Clone + Send + 'static> State<B> {
                 for (caps, segs) in &reruns {
                     let mut rot: Option<Tensor<2>> = None;
                     for (_, a, g) in caps.iter().filter(|c| c.0 == li) {
-                        let r = segs.outer(project(g.clone(), &q_s, false), project(a.clone(), &q_a, l.spec.bias));
+                        let r = segs.outer(
+                            project(g.clone(), &q_s, false),
+                            project(a.clone(), &q_a, l.spec.bias),
+                        );
                         rot = Some(match rot.take() {
                             Some(t) => t + r,
                             None => r,
@@ -754,7 +775,10 @@ impl<B: Clone + Send + 'static> State<B> {
                     Some(lam) => {
                         let e = examples.max(1) as f64;
                         let v = read(lam, "corrected eigenvalues")?;
-                        (Some(v.iter().map(|&x| f64::from(x) / e).collect()), examples)
+                        (
+                            Some(v.iter().map(|&x| f64::from(x) / e).collect()),
+                            examples,
+                        )
                     }
                     None => (None, 0),
                 }

@@ -141,9 +141,6 @@ impl Segments {
                 .collect()
         };
         picked.sort_unstable();
-        Some((
-            Tensor::from_data(TensorData::new(picked, [m]), device),
-            m,
-        ))
+        Some((Tensor::from_data(TensorData::new(picked, [m]), device), m))
     }
 }

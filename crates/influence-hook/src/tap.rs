@@ -93,7 +93,10 @@ impl Tap {
             if state.layers[i] == spec {
                 return Some(i);
             }
-            tracing::warn!(layer = name, "registered twice with different shapes: not tracked");
+            tracing::warn!(
+                layer = name,
+                "registered twice with different shapes: not tracked"
+            );
             return None;
         }
         if state.frozen {

@@ -166,6 +166,9 @@ fn code(rng: &mut StdRng) -> String {
     )
 }
 
+/// A document generator of one kind.
+type Generator = fn(&mut StdRng) -> String;
+
 /// Generates the corpus, shuffled, with ids `0..n`.
 pub fn generate(config: &CorpusConfig) -> Vec<Document> {
     let mut rng = StdRng::seed_from_u64(config.seed);
@@ -175,7 +178,7 @@ pub fn generate(config: &CorpusConfig) -> Vec<Document> {
         let t = FACT_TEMPLATES[(i / CAPITALS.len()) % FACT_TEMPLATES.len()];
         docs.push(("facts".into(), t.replace("{c}", c).replace("{k}", k)));
     }
-    let kinds: [(&str, usize, fn(&mut StdRng) -> String); 4] = [
+    let kinds: [(&str, usize, Generator); 4] = [
         ("arithmetic", config.arithmetic, arithmetic),
         ("slopes", config.slopes, slope),
         ("linear", config.linear, linear),
@@ -232,6 +235,9 @@ mod tests {
                 assert_eq!(nums[0] * x + nums[1], nums[2], "{}", d.text);
             }
         }
-        assert!(a.iter().any(|d| d.text == "The capital of Kiribati is Tarawa."));
+        assert!(
+            a.iter()
+                .any(|d| d.text == "The capital of Kiribati is Tarawa.")
+        );
     }
 }

@@ -214,7 +214,10 @@ mod tests {
         assert_eq!(seqs[0].slot, vec![0, 0, 1, 1, 1, -1, -1, -1]);
         assert_eq!(seqs[0].positions[..5], [0, 1, 0, 1, 2]);
         assert_eq!(seqs[0].targets[..2], [1, 2]);
-        let total: usize = seqs.iter().map(|s| s.slot.iter().filter(|&&x| x >= 0).count()).sum();
+        let total: usize = seqs
+            .iter()
+            .map(|s| s.slot.iter().filter(|&&x| x >= 0).count())
+            .sum();
         assert_eq!(total, 2 + 3 + 4 + 5 + 6);
     }
 }

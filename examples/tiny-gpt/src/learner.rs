@@ -51,7 +51,8 @@ impl TrainStep for HookedGpt {
             h.arm();
         }
         let logits = self.gpt.forward(&batch);
-        let (loss, token_loss) = crate::model::loss_from_logits(logits.clone(), &batch, FitLabels::Empirical);
+        let (loss, token_loss) =
+            crate::model::loss_from_logits(logits.clone(), &batch, FitLabels::Empirical);
         let mut grads = loss.backward();
         if let Some(h) = &self.hook
             && let Err(e) = h.capture(&mut grads, &batch.step_batch(Some(token_loss)), &batch)
@@ -59,7 +60,10 @@ impl TrainStep for HookedGpt {
             h.fail(e);
         }
         if let Ok(l) = loss.clone().try_into_scalar::<f32>() {
-            self.losses.lock().unwrap_or_else(|e| e.into_inner()).push(l);
+            self.losses
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(l);
         }
         TrainOutput::new(
             self,
@@ -91,7 +95,8 @@ impl InferenceStep for HookedGpt {
 
     fn step(&self, batch: LmBatch) -> SequenceOutput {
         let logits = self.gpt.forward(&batch);
-        let (loss, _) = crate::model::loss_from_logits(logits.clone(), &batch, FitLabels::Empirical);
+        let (loss, _) =
+            crate::model::loss_from_logits(logits.clone(), &batch, FitLabels::Empirical);
         SequenceOutput::new(loss, logits, None, batch.targets)
     }
 }

@@ -54,15 +54,15 @@ struct Args {
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
     let args = Args::parse();
     let mut config = match &args.config {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?;
-            serde_json::from_str(&text).with_context(|| format!("{}: invalid config", p.display()))?
+            serde_json::from_str(&text)
+                .with_context(|| format!("{}: invalid config", p.display()))?
         }
         None => match args.preset {
             Preset::Cpu => TrainConfig::cpu(),
@@ -74,7 +74,10 @@ fn main() -> Result<()> {
         config.steps = s;
     }
     std::fs::create_dir_all(&args.out).with_context(|| format!("{}", args.out.display()))?;
-    std::fs::write(args.out.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+    std::fs::write(
+        args.out.join("config.json"),
+        serde_json::to_string_pretty(&config)?,
+    )?;
 
     let prepared = prepare(&config)?;
     prepared.bpe.save(&args.out.join("tokenizer.json"))?;
@@ -82,7 +85,11 @@ fn main() -> Result<()> {
     println!(
         "corpus: {} documents, {} tokens, vocab {}; model d={} layers={} ; {} steps of {}×{}",
         prepared.docs.len(),
-        prepared.tokens.iter().map(|t| t.tokens.len()).sum::<usize>(),
+        prepared
+            .tokens
+            .iter()
+            .map(|t| t.tokens.len())
+            .sum::<usize>(),
         prepared.bpe.vocab_size(),
         config.d_model,
         config.n_layers,
@@ -99,7 +106,9 @@ fn main() -> Result<()> {
             (r.losses, r.model, r.seconds)
         }
         Loop::Learner => {
-            let r = tiny_gpt::learner::train_with_learner(&config, &prepared, &device, hooked, &args.out)?;
+            let r = tiny_gpt::learner::train_with_learner(
+                &config, &prepared, &device, hooked, &args.out,
+            )?;
             (r.losses, r.model, r.seconds)
         }
     };
@@ -130,7 +139,10 @@ fn main() -> Result<()> {
         })).collect::<Vec<_>>(),
         "checkpoints": store.checkpoints.iter().map(|(w, b)| serde_json::json!({"window": w, "bytes": b.len()})).collect::<Vec<_>>(),
     });
-    std::fs::write(args.out.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
+    std::fs::write(
+        args.out.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?,
+    )?;
     if let Some(run) = &store.run {
         let bytes_per_doc: usize = run.layers.iter().map(|l| l.sketch_len() * 4).sum();
         println!(

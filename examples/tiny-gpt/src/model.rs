@@ -84,7 +84,8 @@ impl GptConfig {
     /// `blocks.0.attn.qkv`, `blocks.0.mlp.fc1` and `head`.
     pub fn init(&self, device: &Device, tap: &Tap) -> Gpt {
         let d = self.d_model;
-        let linear = |i, o, name: &str| TrackedLinear::new(LinearConfig::new(i, o).init(device), name, tap);
+        let linear =
+            |i, o, name: &str| TrackedLinear::new(LinearConfig::new(i, o).init(device), name, tap);
         let blocks = (0..self.n_layers)
             .map(|i| Block {
                 ln1: LayerNormConfig::new(d).init(device),
@@ -100,13 +101,21 @@ impl GptConfig {
                 },
             })
             .collect();
-        let head_tap = if self.track_head { tap.clone() } else { Tap::detached() };
+        let head_tap = if self.track_head {
+            tap.clone()
+        } else {
+            Tap::detached()
+        };
         Gpt {
             tok: EmbeddingConfig::new(self.vocab_size, d).init(device),
             pos: EmbeddingConfig::new(self.max_pos, d).init(device),
             blocks,
             ln_f: LayerNormConfig::new(d).init(device),
-            head: TrackedLinear::new(LinearConfig::new(d, self.vocab_size).init(device), "head", &head_tap),
+            head: TrackedLinear::new(
+                LinearConfig::new(d, self.vocab_size).init(device),
+                "head",
+                &head_tap,
+            ),
         }
     }
 }
@@ -134,9 +143,13 @@ impl Attention {
 impl Gpt {
     /// Logits `[b, s, vocab]`.
     pub fn forward(&self, batch: &LmBatch) -> Tensor<3> {
-        let mut x = self.tok.forward(batch.inputs.clone()) + self.pos.forward(batch.positions.clone());
+        let mut x =
+            self.tok.forward(batch.inputs.clone()) + self.pos.forward(batch.positions.clone());
         for blk in &self.blocks {
-            x = x.clone() + blk.attn.forward(blk.ln1.forward(x), batch.attn_bias.clone());
+            x = x.clone()
+                + blk
+                    .attn
+                    .forward(blk.ln1.forward(x), batch.attn_bias.clone());
             let hdn = blk.ln2.forward(x.clone());
             x = x + blk.mlp.fc2.forward(gelu(blk.mlp.fc1.forward(hdn)));
         }
@@ -151,7 +164,11 @@ impl Gpt {
 
 /// Mean cross-entropy of `logits` over the batch's loss-bearing tokens, and the detached
 /// per-token losses `[b, s]`.
-pub fn loss_from_logits(logits: Tensor<3>, batch: &LmBatch, labels: FitLabels) -> (Tensor<1>, Tensor<2>) {
+pub fn loss_from_logits(
+    logits: Tensor<3>,
+    batch: &LmBatch,
+    labels: FitLabels,
+) -> (Tensor<1>, Tensor<2>) {
     let [b, s, _] = logits.dims();
     let targets = match labels {
         FitLabels::Empirical => batch.targets.clone(),

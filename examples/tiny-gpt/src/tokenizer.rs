@@ -20,7 +20,10 @@ pub struct Bpe {
 
 impl Bpe {
     /// Trains a byte-level BPE of `vocab_size` on `texts`.
-    pub fn train<'a>(texts: impl Iterator<Item = &'a str> + Send, vocab_size: usize) -> Result<Self> {
+    pub fn train<'a>(
+        texts: impl Iterator<Item = &'a str> + Send,
+        vocab_size: usize,
+    ) -> Result<Self> {
         let mut trainer = BpeTrainerBuilder::new()
             .vocab_size(vocab_size)
             .min_frequency(2)
@@ -51,8 +54,8 @@ impl Bpe {
 
     /// Loads a tokenizer saved with [`Bpe::save`].
     pub fn load(path: &Path) -> Result<Self> {
-        let tokenizer = Tokenizer::from_file(path)
-            .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let tokenizer =
+            Tokenizer::from_file(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
         Self::from_tokenizer(tokenizer)
     }
 

@@ -64,7 +64,10 @@ impl TrainConfig {
             warmup: 50,
             seed: 42,
             log_every: 25,
-            hook: HookConfig::default().window_steps(200).factor_every(10).fit_batches(4),
+            hook: HookConfig::default()
+                .window_steps(200)
+                .factor_every(10)
+                .fit_batches(4),
         }
     }
 
@@ -133,7 +136,8 @@ impl TrainConfig {
         if step < self.warmup {
             return self.lr * (step + 1) as f64 / self.warmup as f64;
         }
-        let t = (step - self.warmup) as f64 / (self.steps.saturating_sub(self.warmup)).max(1) as f64;
+        let t =
+            (step - self.warmup) as f64 / (self.steps.saturating_sub(self.warmup)).max(1) as f64;
         self.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * t.min(1.0)).cos()))
     }
 }
@@ -230,7 +234,12 @@ pub fn train(
     let tap = hook.as_ref().map_or_else(Tap::detached, Hook::tap);
     let mut model = config.model(prepared.bpe.vocab_size()).init(device, &tap);
     let mut optim = AdamConfig::new().init();
-    let mut batches = Batches::new(&prepared.tokens, config.seq_len, config.batch_size, config.seed);
+    let mut batches = Batches::new(
+        &prepared.tokens,
+        config.seq_len,
+        config.batch_size,
+        config.seed,
+    );
     let mut losses = Vec::with_capacity(config.steps);
     let start = Instant::now();
     let mut window_loss = 0.0;
