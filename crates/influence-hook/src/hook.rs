@@ -187,10 +187,7 @@ impl<B: Clone + Send + 'static> Hook<B> {
 
     /// Arms the tracked layers: the next forward pass records inputs and adds probes.
     pub fn arm(&self) {
-        if let Some(mut t) = self.tap.state() {
-            t.armed = true;
-            t.captures.clear();
-        }
+        self.tap.arm();
     }
 
     /// Marks the hook failed with `error` (for callers that cannot return errors, such as
@@ -207,16 +204,6 @@ impl<B: Clone + Send + 'static> Hook<B> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn take_captures(&self) -> Vec<Captured> {
-        match self.tap.state() {
-            Some(mut t) => {
-                t.armed = false;
-                std::mem::take(&mut t.captures)
-            }
-            None => Vec::new(),
-        }
-    }
-
     /// Reads the probes' gradients out of `grads` (removing them; parameter gradients are left
     /// untouched), and computes this step's sketches and factor contributions.
     ///
@@ -228,7 +215,7 @@ impl<B: Clone + Send + 'static> Hook<B> {
         batch: &StepBatch,
         item: &B,
     ) -> Result<(), HookError> {
-        let captures = self.take_captures();
+        let captures = self.tap.take();
         let mut st = self.lock();
         st.check()?;
         if st.pending.is_some() {
@@ -638,18 +625,9 @@ impl<B: Clone + Send + 'static> State<B> {
             .ok_or_else(|| HookError::Order("window fit before the first step".into()))?;
         let mut out = Vec::with_capacity(self.reservoir.len());
         for (i, (item, batch)) in self.reservoir.iter().enumerate() {
-            if let Some(mut t) = tap.state() {
-                t.armed = true;
-                t.captures.clear();
-            }
+            tap.arm();
             let loss = model.fit_loss(item, labels(i));
-            let captures = match tap.state() {
-                Some(mut t) => {
-                    t.armed = false;
-                    std::mem::take(&mut t.captures)
-                }
-                None => Vec::new(),
-            };
+            let captures = tap.take();
             let mut grads = loss.backward();
             let segs = Segments::new(batch, &device)?;
             let scale = scale_of(self.config.loss_reduction, batch, segs.valid.len());

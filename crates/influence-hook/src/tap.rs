@@ -68,6 +68,25 @@ impl Tap {
             .map(|s| s.state.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// Arms the tracked layers and drops any stale captures.
+    pub(crate) fn arm(&self) {
+        if let Some(mut t) = self.state() {
+            t.armed = true;
+            t.captures.clear();
+        }
+    }
+
+    /// Disarms and returns what the armed forward pass captured.
+    pub(crate) fn take(&self) -> Vec<Captured> {
+        match self.state() {
+            Some(mut t) => {
+                t.armed = false;
+                std::mem::take(&mut t.captures)
+            }
+            None => Vec::new(),
+        }
+    }
+
     /// Registers a layer; returns its index when the configuration selects it. Registering the
     /// same name twice (e.g. a model rebuilt to load a checkpoint) returns the first index if the
     /// shapes agree.
