@@ -8,7 +8,7 @@
 //! terms); factors and eigenvalues to 1e-4 (f32 matmuls of ~10 tokens, then an f64
 //! eigendecomposition of the f32-accumulated factor).
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::LinearConfig;
 use burn::tensor::{Device, Tensor, TensorData};
 use influence_core::{LossReduction, MemorySink, MemoryStore, ProjectionKind};
@@ -57,7 +57,6 @@ struct Fixture {
 
 fn fixture(config: HookConfig) -> Fixture {
     let device = Device::flex().autodiff();
-    device.seed(11);
     let mut rng = StdRng::seed_from_u64(5);
     // Padding positions get real (non-zero) inputs too: the hook must mask them.
     let x: Vec<f32> = (0..B * S * D_IN)
@@ -68,12 +67,22 @@ fn fixture(config: HookConfig) -> Fixture {
         .collect();
     let sink = MemorySink::new();
     let hook = Hook::<Item>::new(config, sink.clone()).expect("config");
+    // Weights from the host RNG (burn's device RNG is process-wide; parallel tests share it).
+    let mut linear = LinearConfig::new(D_IN, D_OUT).init(&device);
+    let w: Vec<f32> = (0..D_IN * D_OUT)
+        .map(|_| rng.random_range(-0.5..0.5))
+        .collect();
+    let b: Vec<f32> = (0..D_OUT).map(|_| rng.random_range(-0.5..0.5)).collect();
+    linear.weight = Param::from_tensor(Tensor::from_data(
+        TensorData::new(w, [D_IN, D_OUT]),
+        &device,
+    ));
+    linear.bias = Some(Param::from_tensor(Tensor::from_data(
+        TensorData::new(b, [D_OUT]),
+        &device,
+    )));
     let net = Net {
-        layer: TrackedLinear::new(
-            LinearConfig::new(D_IN, D_OUT).init(&device),
-            "layer",
-            &hook.tap(),
-        ),
+        layer: TrackedLinear::new(linear, "layer", &hook.tap()),
     };
     Fixture {
         device,
@@ -372,4 +381,23 @@ fn bad_batches_and_call_order_are_reported() {
     let mut grads = f.net.fit_loss(&it, FitLabels::Empirical).backward();
     let e = f.hook.capture(&mut grads, &sb, &it).expect_err("not armed");
     assert!(e.to_string().contains("arm()"), "{e}");
+}
+
+#[test]
+fn sampled_fisher_path_re_estimates_s_from_the_re_run() {
+    // This loss ignores labels, so the "sampled" re-run sees the training gradients again: S and Λ
+    // from the sampled path must equal the empirical ones (same normalisation, same documents).
+    let fit = |fisher| {
+        let f = fixture(exact_config(LossReduction::MeanOverTokens).fisher(fisher));
+        run_step(&f, LossReduction::MeanOverTokens).windows[0].layers[0].clone()
+    };
+    let emp = fit(influence_core::FisherLabels::Empirical);
+    let smp = fit(influence_core::FisherLabels::Sampled);
+    assert!(
+        rel_err(&smp.s, &emp.s) < 1e-5,
+        "S: {}",
+        rel_err(&smp.s, &emp.s)
+    );
+    let (ce, cs) = (emp.corrected.expect("Λ"), smp.corrected.expect("Λ"));
+    assert!(rel_err(&cs, &ce) < 1e-4, "Λ: {}", rel_err(&cs, &ce));
 }
