@@ -19,7 +19,7 @@ use burn::train::{
     TrainStep,
 };
 use influence_core::Sink;
-use influence_hook::{FitLabels, FitLoss, Hook, Tap};
+use influence_hook::{FitLabels, FitLoss, Hook};
 
 use crate::data::{LmBatch, LmBatcher, epoch};
 use crate::model::Gpt;
@@ -110,13 +110,7 @@ pub fn train_with_learner(
     sink: Option<Box<dyn Sink>>,
     dir: &Path,
 ) -> Result<TrainReport> {
-    device.seed(config.seed);
-    let hook = match sink {
-        Some(sink) => Some(Hook::<LmBatch>::new(config.hook.clone(), sink)?),
-        None => None,
-    };
-    let tap = hook.as_ref().map_or_else(Tap::detached, Hook::tap);
-    let gpt = config.model(prepared.bpe.vocab_size()).init(device, &tap);
+    let (hook, gpt) = crate::train::init_model(config, prepared, device, sink)?;
     let losses = Arc::new(Mutex::new(Vec::new()));
     let model = HookedGpt {
         gpt,

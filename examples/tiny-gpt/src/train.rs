@@ -218,6 +218,23 @@ pub struct TrainReport {
     pub seconds: f64,
 }
 
+/// Seeds `device`, creates the hook when a sink is given, and initialises the model with its tap.
+pub fn init_model(
+    config: &TrainConfig,
+    prepared: &Prepared,
+    device: &Device,
+    sink: Option<Box<dyn Sink>>,
+) -> Result<(Option<Hook<LmBatch>>, Gpt)> {
+    device.seed(config.seed);
+    let hook = match sink {
+        Some(sink) => Some(Hook::<LmBatch>::new(config.hook.clone(), sink)?),
+        None => None,
+    };
+    let tap = hook.as_ref().map_or_else(Tap::detached, Hook::tap);
+    let model = config.model(prepared.bpe.vocab_size()).init(device, &tap);
+    Ok((hook, model))
+}
+
 /// Trains `config.steps` steps on `device` (an autodiff device), with the hook writing to `sink`
 /// when one is given.
 pub fn train(
@@ -226,13 +243,7 @@ pub fn train(
     device: &Device,
     sink: Option<Box<dyn Sink>>,
 ) -> Result<TrainReport> {
-    device.seed(config.seed);
-    let hook = match sink {
-        Some(sink) => Some(Hook::<LmBatch>::new(config.hook.clone(), sink)?),
-        None => None,
-    };
-    let tap = hook.as_ref().map_or_else(Tap::detached, Hook::tap);
-    let mut model = config.model(prepared.bpe.vocab_size()).init(device, &tap);
+    let (hook, mut model) = init_model(config, prepared, device, sink)?;
     let mut optim = AdamConfig::new().init();
     let mut batches = Batches::new(
         &prepared.tokens,
