@@ -21,6 +21,9 @@ pub enum SinkError {
     /// The sink was used after `finish`, or its background worker is gone.
     #[error("sink closed: {0}")]
     Closed(String),
+    /// A sink's own typed error (downcast it to the sink's error type for details).
+    #[error(transparent)]
+    Backend(Box<dyn std::error::Error + Send + Sync + 'static>),
 }
 
 /// The destination of everything the hook captures.

@@ -1,0 +1,218 @@
+//! Factor files: one Arrow IPC file per window, one row per layer (f64 lists), window metadata in
+//! the schema metadata. pyarrow reads them as they are.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_array::{
+    Array, ArrayRef, Float64Array, ListArray, RecordBatch, StringArray, UInt32Array, UInt64Array,
+};
+use arrow_buffer::OffsetBuffer;
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use influence_core::{Eigenbasis, LayerFactors, WindowRecord};
+
+use crate::StoreError;
+
+const META_WINDOW: &str = "burn_influence.window";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct WindowMeta {
+    window: u32,
+    first_step: u64,
+    last_step: u64,
+    learning_rates: Vec<f64>,
+}
+
+/// The list columns, in order.
+const LISTS: [&str; 7] = [
+    "a",
+    "s",
+    "eig_a_values",
+    "eig_a_vectors",
+    "eig_s_values",
+    "eig_s_vectors",
+    "corrected",
+];
+
+fn f64_list() -> DataType {
+    DataType::List(Arc::new(Field::new("item", DataType::Float64, false)))
+}
+
+/// The schema of a factor file.
+pub fn factor_schema() -> SchemaRef {
+    let mut fields = vec![
+        Field::new("layer", DataType::Utf8, false),
+        Field::new("d_in_aug", DataType::UInt32, false),
+        Field::new("d_out", DataType::UInt32, false),
+        Field::new("tokens", DataType::UInt64, false),
+        Field::new("tokens_per_example", DataType::Float64, false),
+        Field::new("corrected_examples", DataType::UInt64, false),
+    ];
+    for name in LISTS {
+        fields.push(Field::new(name, f64_list(), name == "corrected"));
+    }
+    Arc::new(Schema::new(fields))
+}
+
+fn list(rows: Vec<Option<&[f64]>>) -> Result<ArrayRef, arrow_schema::ArrowError> {
+    let lengths = rows.iter().map(|r| r.map_or(0, <[f64]>::len));
+    let offsets = OffsetBuffer::from_lengths(lengths);
+    let values: Vec<f64> = rows.iter().flat_map(|r| r.unwrap_or_default()).copied().collect();
+    let nulls = rows
+        .iter()
+        .any(Option::is_none)
+        .then(|| rows.iter().map(Option::is_some).collect());
+    Ok(Arc::new(ListArray::try_new(
+        Arc::new(Field::new("item", DataType::Float64, false)),
+        offsets,
+        Arc::new(Float64Array::from(values)),
+        nulls,
+    )?))
+}
+
+/// Encodes a window's factors as a record batch (with the window's metadata on the schema).
+pub fn encode(record: &WindowRecord) -> Result<RecordBatch, arrow_schema::ArrowError> {
+    let meta = WindowMeta {
+        window: record.window,
+        first_step: record.first_step,
+        last_step: record.last_step,
+        learning_rates: record.learning_rates.clone(),
+    };
+    let schema = Arc::new(factor_schema().as_ref().clone().with_metadata(HashMap::from([
+        (
+            META_WINDOW.to_owned(),
+            serde_json::to_string(&meta).unwrap_or_default(),
+        ),
+        (
+            crate::schema::META_STORE_VERSION.to_owned(),
+            crate::STORE_VERSION.to_string(),
+        ),
+    ])));
+    let ls = &record.layers;
+    let dim = |d: usize| u32::try_from(d).unwrap_or(u32::MAX);
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(ls.iter().map(|l| &l.name))),
+        Arc::new(UInt32Array::from_iter_values(ls.iter().map(|l| dim(l.eig_a.dim)))),
+        Arc::new(UInt32Array::from_iter_values(ls.iter().map(|l| dim(l.eig_s.dim)))),
+        Arc::new(UInt64Array::from_iter_values(ls.iter().map(|l| l.tokens))),
+        Arc::new(Float64Array::from_iter_values(
+            ls.iter().map(|l| l.tokens_per_example),
+        )),
+        Arc::new(UInt64Array::from_iter_values(
+            ls.iter().map(|l| l.corrected_examples),
+        )),
+    ];
+    type Get = fn(&LayerFactors) -> Option<&[f64]>;
+    let getters: [Get; 7] = [
+        |l| Some(&l.a),
+        |l| Some(&l.s),
+        |l| Some(&l.eig_a.values),
+        |l| Some(&l.eig_a.vectors),
+        |l| Some(&l.eig_s.values),
+        |l| Some(&l.eig_s.vectors),
+        |l| l.corrected.as_deref(),
+    ];
+    for get in getters {
+        columns.push(list(ls.iter().map(get).collect())?);
+    }
+    RecordBatch::try_new(schema, columns)
+}
+
+fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a T, StoreError> {
+    b.column_by_name(name)
+        .ok_or_else(|| StoreError::invalid(path, name, "column missing"))?
+        .as_any()
+        .downcast_ref::<T>()
+        .ok_or_else(|| StoreError::invalid(path, name, "unexpected type"))
+}
+
+/// Decodes a factor file's record batches (and its schema metadata) back into a window record,
+/// checking every matrix's size.
+pub fn decode(
+    schema: &Schema,
+    batches: &[RecordBatch],
+    path: &Path,
+) -> Result<WindowRecord, StoreError> {
+    let meta_json = schema
+        .metadata()
+        .get(META_WINDOW)
+        .ok_or_else(|| StoreError::invalid(path, META_WINDOW, "schema metadata missing"))?;
+    let meta: WindowMeta = serde_json::from_str(meta_json)
+        .map_err(|e| StoreError::invalid(path, META_WINDOW, e.to_string()))?;
+    let mut layers = Vec::new();
+    for b in batches {
+        let name = col::<StringArray>(b, "layer", path)?;
+        let d_a = col::<UInt32Array>(b, "d_in_aug", path)?;
+        let d_s = col::<UInt32Array>(b, "d_out", path)?;
+        let tokens = col::<UInt64Array>(b, "tokens", path)?;
+        let tpe = col::<Float64Array>(b, "tokens_per_example", path)?;
+        let ce = col::<UInt64Array>(b, "corrected_examples", path)?;
+        let lists = LISTS
+            .iter()
+            .map(|n| col::<ListArray>(b, n, path))
+            .collect::<Result<Vec<_>, _>>()?;
+        for a in [name as &dyn Array, d_a, d_s, tokens, tpe, ce] {
+            if a.null_count() > 0 {
+                return Err(StoreError::invalid(path, "layer", "null values"));
+            }
+        }
+        for r in 0..b.num_rows() {
+            let layer = name.value(r).to_owned();
+            let (da, ds) = (d_a.value(r) as usize, d_s.value(r) as usize);
+            let get = |i: usize, len: usize| -> Result<Option<Vec<f64>>, StoreError> {
+                let field = format!("{}[{layer}]", LISTS[i]);
+                let l = lists[i];
+                if l.is_null(r) {
+                    return if LISTS[i] == "corrected" {
+                        Ok(None)
+                    } else {
+                        Err(StoreError::invalid(path, field, "null"))
+                    };
+                }
+                let v = l.value(r);
+                let v = v
+                    .as_any()
+                    .downcast_ref::<Float64Array>()
+                    .ok_or_else(|| StoreError::invalid(path, &field, "items are not f64"))?;
+                if v.len() != len || v.null_count() > 0 {
+                    return Err(StoreError::invalid(
+                        path,
+                        field,
+                        format!("{} values, expected {len}", v.len()),
+                    ));
+                }
+                Ok(Some(v.values().to_vec()))
+            };
+            let need = |i: usize, len: usize| {
+                get(i, len)?.ok_or_else(|| StoreError::invalid(path, LISTS[i], "null"))
+            };
+            layers.push(LayerFactors {
+                a: need(0, da * da)?,
+                s: need(1, ds * ds)?,
+                eig_a: Eigenbasis {
+                    dim: da,
+                    values: need(2, da)?,
+                    vectors: need(3, da * da)?,
+                },
+                eig_s: Eigenbasis {
+                    dim: ds,
+                    values: need(4, ds)?,
+                    vectors: need(5, ds * ds)?,
+                },
+                corrected: get(6, ds * da)?,
+                tokens: tokens.value(r),
+                tokens_per_example: tpe.value(r),
+                corrected_examples: ce.value(r),
+                name: layer,
+            });
+        }
+    }
+    Ok(WindowRecord {
+        window: meta.window,
+        first_step: meta.first_step,
+        last_step: meta.last_step,
+        learning_rates: meta.learning_rates,
+        layers,
+    })
+}

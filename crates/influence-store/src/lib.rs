@@ -1,0 +1,77 @@
+//! The on-disk store of burn-influence.
+//!
+//! The hook's sketches go to a [`StoreWriter`] (a [`influence_core::Sink`]): the training step only
+//! enqueues a step's rows on a bounded channel; one background thread encodes them as Arrow record
+//! batches, compresses them with zstd into Arrow IPC *shards*, and commits each shard atomically
+//! (temporary file, fsync, rename, then the manifest, itself replaced atomically). Windows add a
+//! factor file (Arrow, one row per layer) and a burnpack checkpoint. A [`Store`] opens it again,
+//! checks the manifest, sizes and SHA-256 checksums, and streams [`SketchChunk`]s. The layout is
+//! in `docs/format.md`; pyarrow, polars and duckdb read every file as it is.
+//!
+//! ```
+//! use influence_core::{
+//!     LayerSpec, LossReduction, ProjectionKind, RunInfo, Sink, SketchBatch, SketchRowMeta,
+//!     FORMAT_VERSION, FisherLabels,
+//! };
+//! use influence_store::{ReadOptions, Store, StoreConfig, StoreWriter};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let run = RunInfo {
+//!     format_version: FORMAT_VERSION,
+//!     layers: vec![LayerSpec { name: "fc".into(), d_in: 8, d_out: 4, bias: true, k_a: 2, k_g: 2 }],
+//!     projection_seed: 7,
+//!     projection: ProjectionKind::Rademacher,
+//!     loss_reduction: LossReduction::Sum,
+//!     window_steps: 10,
+//!     fisher: FisherLabels::Empirical,
+//! };
+//! let mut writer = StoreWriter::create(dir.path(), StoreConfig::default())?;
+//! writer.begin(&run)?;
+//! writer.sketches(SketchBatch {
+//!     step: 0,
+//!     window: 0,
+//!     learning_rate: 1e-3,
+//!     rows: vec![SketchRowMeta { doc_id: 42, loss: Some(2.5), tokens: 12, source: "wiki".into() }],
+//!     sketches: vec![vec![0.5, -1.0, 0.25, 2.0]],
+//! })?;
+//! writer.finish()?;
+//!
+//! let store = Store::open(dir.path())?;
+//! let chunk = store.sketches(&ReadOptions::default())?.next().expect("one chunk")?;
+//! assert_eq!(chunk.doc_ids, [42]);
+//! assert_eq!(chunk.sketches[0], [0.5, -1.0, 0.25, 2.0]); // exact in f16
+//! # Ok(())
+//! # }
+//! ```
+
+mod config;
+mod error;
+pub mod factors;
+pub mod fsutil;
+mod ipc;
+pub mod manifest;
+mod reader;
+pub mod schema;
+mod writer;
+
+pub use config::{Overflow, SketchDtype, StoreConfig};
+pub use error::StoreError;
+pub use manifest::{
+    DroppedStep, FileEntry, MANIFEST, Manifest, ResumeEntry, STORE_VERSION, ShardEntry,
+    WindowEntry,
+};
+pub use reader::{ReadOptions, SketchStream, Store, VerifyReport};
+pub use schema::SketchChunk;
+pub use writer::{
+    CHECKPOINTS, FACTORS, ResumePoint, SHARDS, StatsHandle, StoreWriter, WriterStats,
+};
+
+/// Decodes an Arrow IPC file held in memory, as the reader does after checking the checksum
+/// (for fuzzing and for tools that receive shard bytes by other means). Never panics.
+pub fn decode_ipc(
+    bytes: Vec<u8>,
+    path: &std::path::Path,
+) -> Result<(arrow_schema::SchemaRef, Vec<arrow_array::RecordBatch>), StoreError> {
+    ipc::decode(bytes, None, path)
+}

@@ -1,0 +1,332 @@
+//! The Arrow schema of sketch shards, and conversion between [`SketchBatch`]es and record batches.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_array::builder::StringDictionaryBuilder;
+use arrow_array::types::Int32Type;
+use arrow_array::{
+    Array, ArrayRef, DictionaryArray, FixedSizeListArray, Float16Array, Float32Array,
+    Float64Array, RecordBatch, StringArray, UInt16Array, UInt32Array, UInt64Array,
+};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use half::{bf16, f16};
+use influence_core::{RunInfo, SketchBatch};
+
+use crate::{SketchDtype, StoreError};
+
+/// Schema metadata key: the store version.
+pub const META_STORE_VERSION: &str = "burn_influence.store_version";
+/// Schema metadata key: the run info (JSON), so that a shard describes itself.
+pub const META_RUN: &str = "burn_influence.run";
+/// Schema and field metadata key: the sketch value type (`f32`, `f16`, `bf16`).
+pub const META_DTYPE: &str = "burn_influence.dtype";
+/// Field metadata key: the sketch shape `k_g,k_a` (row-major).
+pub const META_SHAPE: &str = "burn_influence.shape";
+
+/// Names of the metadata columns, in order; sketch columns follow.
+pub const META_COLUMNS: [&str; 7] = [
+    "doc_id",
+    "step",
+    "window",
+    "learning_rate",
+    "loss",
+    "tokens",
+    "source",
+];
+
+/// Column name of a layer's sketches.
+pub fn sketch_column(layer: &str) -> String {
+    format!("sketch.{layer}")
+}
+
+/// The value type of a sketch column's list items.
+fn item_type(dtype: SketchDtype) -> DataType {
+    match dtype {
+        SketchDtype::F32 => DataType::Float32,
+        SketchDtype::F16 => DataType::Float16,
+        SketchDtype::Bf16 => DataType::UInt16,
+    }
+}
+
+fn item_field(dtype: SketchDtype) -> Arc<Field> {
+    Arc::new(Field::new("item", item_type(dtype), false))
+}
+
+/// The schema of the sketch shards of `run` at `dtype`.
+pub fn sketch_schema(run: &RunInfo, dtype: SketchDtype) -> SchemaRef {
+    let mut fields = vec![
+        Field::new("doc_id", DataType::UInt64, false),
+        Field::new("step", DataType::UInt64, false),
+        Field::new("window", DataType::UInt32, false),
+        Field::new("learning_rate", DataType::Float64, false),
+        Field::new("loss", DataType::Float32, true),
+        Field::new("tokens", DataType::UInt32, false),
+        Field::new(
+            "source",
+            DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+            false,
+        ),
+    ];
+    for l in &run.layers {
+        let k = i32::try_from(l.sketch_len()).unwrap_or(i32::MAX);
+        fields.push(
+            Field::new(
+                sketch_column(&l.name),
+                DataType::FixedSizeList(item_field(dtype), k),
+                false,
+            )
+            .with_metadata(HashMap::from([
+                (META_DTYPE.to_owned(), dtype.name().to_owned()),
+                (META_SHAPE.to_owned(), format!("{},{}", l.k_g, l.k_a)),
+            ])),
+        );
+    }
+    let run_json = serde_json::to_string(run).unwrap_or_default();
+    Arc::new(Schema::new(fields).with_metadata(HashMap::from([
+        (
+            META_STORE_VERSION.to_owned(),
+            crate::STORE_VERSION.to_string(),
+        ),
+        (META_RUN.to_owned(), run_json),
+        (META_DTYPE.to_owned(), dtype.name().to_owned()),
+    ])))
+}
+
+/// Encodes buffered sketch batches (all of the same run) into one record batch. Returns the
+/// batch and how many values overflowed the dtype's range.
+pub fn encode(
+    schema: &SchemaRef,
+    run: &RunInfo,
+    dtype: SketchDtype,
+    batches: &[SketchBatch],
+) -> Result<(RecordBatch, u64), arrow_schema::ArrowError> {
+    let rows = || batches.iter().flat_map(|b| b.rows.iter().map(move |r| (b, r)));
+    let mut source = StringDictionaryBuilder::<Int32Type>::new();
+    for (_, r) in rows() {
+        source.append_value(&r.source);
+    }
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(UInt64Array::from_iter_values(rows().map(|(_, r)| r.doc_id))),
+        Arc::new(UInt64Array::from_iter_values(rows().map(|(b, _)| b.step))),
+        Arc::new(UInt32Array::from_iter_values(rows().map(|(b, _)| b.window))),
+        Arc::new(Float64Array::from_iter_values(
+            rows().map(|(b, _)| b.learning_rate),
+        )),
+        Arc::new(Float32Array::from_iter(rows().map(|(_, r)| r.loss))),
+        Arc::new(UInt32Array::from_iter_values(rows().map(|(_, r)| r.tokens))),
+        Arc::new(source.finish()),
+    ];
+    let mut overflowed = 0u64;
+    for (i, l) in run.layers.iter().enumerate() {
+        let k = l.sketch_len();
+        let values = batches.iter().flat_map(|b| {
+            b.sketches
+                .get(i)
+                .map(|s| &s[..s.len().min(b.rows.len() * k)])
+                .unwrap_or_default()
+                .iter()
+                .copied()
+        });
+        let items: ArrayRef = match dtype {
+            SketchDtype::F32 => Arc::new(Float32Array::from_iter_values(values)),
+            SketchDtype::F16 => Arc::new(Float16Array::from_iter_values(values.map(|v| {
+                let h = f16::from_f32(v);
+                overflowed += u64::from(h.is_infinite() && v.is_finite());
+                h
+            }))),
+            SketchDtype::Bf16 => Arc::new(UInt16Array::from_iter_values(values.map(|v| {
+                let h = bf16::from_f32(v);
+                overflowed += u64::from(h.is_infinite() && v.is_finite());
+                h.to_bits()
+            }))),
+        };
+        let k = i32::try_from(k).map_err(|_| {
+            arrow_schema::ArrowError::InvalidArgumentError(format!("{}: sketch too long", l.name))
+        })?;
+        columns.push(Arc::new(FixedSizeListArray::try_new(
+            item_field(dtype),
+            k,
+            items,
+            None,
+        )?));
+    }
+    Ok((RecordBatch::try_new(schema.clone(), columns)?, overflowed))
+}
+
+/// Decoded rows of a shard (or part of one): metadata per row and, for each selected layer, the
+/// sketches as f32 (`rows × k_g × k_a`, row-major per row).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SketchChunk {
+    /// Document id per row.
+    pub doc_ids: Vec<u64>,
+    /// Step per row.
+    pub steps: Vec<u64>,
+    /// Window per row.
+    pub windows: Vec<u32>,
+    /// Learning rate of the row's step.
+    pub learning_rates: Vec<f64>,
+    /// Mean training loss of the document in its step, when recorded.
+    pub losses: Vec<Option<f32>>,
+    /// Loss-bearing tokens per row.
+    pub tokens: Vec<u32>,
+    /// Source label per row.
+    pub sources: Vec<Arc<str>>,
+    /// Indices (into `RunInfo::layers`) of the layers in `sketches`.
+    pub layers: Vec<usize>,
+    /// Per selected layer: `rows × k` values.
+    pub sketches: Vec<Vec<f32>>,
+}
+
+impl SketchChunk {
+    /// Rows.
+    pub fn len(&self) -> usize {
+        self.doc_ids.len()
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.doc_ids.is_empty()
+    }
+}
+
+fn column<'a, T: 'static>(
+    batch: &'a RecordBatch,
+    name: &str,
+    path: &Path,
+) -> Result<&'a T, StoreError> {
+    let col = batch
+        .column_by_name(name)
+        .ok_or_else(|| StoreError::invalid(path, name, "column missing"))?;
+    col.as_any().downcast_ref::<T>().ok_or_else(|| {
+        StoreError::invalid(
+            path,
+            name,
+            format!("unexpected type {}", col.data_type()),
+        )
+    })
+}
+
+fn no_nulls(a: &dyn Array, name: &str, path: &Path) -> Result<(), StoreError> {
+    if a.null_count() > 0 {
+        return Err(StoreError::invalid(
+            path,
+            name,
+            format!("{} null values in a non-nullable column", a.null_count()),
+        ));
+    }
+    Ok(())
+}
+
+/// Decodes a record batch of a shard at `path`, keeping the sketches of `layers` (indices into
+/// `run.layers`).
+pub fn decode(
+    batch: &RecordBatch,
+    run: &RunInfo,
+    dtype: SketchDtype,
+    layers: &[usize],
+    path: &Path,
+) -> Result<SketchChunk, StoreError> {
+    let doc_id = column::<UInt64Array>(batch, "doc_id", path)?;
+    let step = column::<UInt64Array>(batch, "step", path)?;
+    let window = column::<UInt32Array>(batch, "window", path)?;
+    let lr = column::<Float64Array>(batch, "learning_rate", path)?;
+    let loss = column::<Float32Array>(batch, "loss", path)?;
+    let tokens = column::<UInt32Array>(batch, "tokens", path)?;
+    let source = column::<DictionaryArray<Int32Type>>(batch, "source", path)?;
+    for (name, a) in [
+        ("doc_id", doc_id as &dyn Array),
+        ("step", step),
+        ("window", window),
+        ("learning_rate", lr),
+        ("tokens", tokens),
+        ("source", source),
+    ] {
+        no_nulls(a, name, path)?;
+    }
+    let dict = source
+        .values()
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .ok_or_else(|| StoreError::invalid(path, "source", "dictionary values are not utf8"))?;
+    let names: Vec<Arc<str>> = (0..dict.len()).map(|i| Arc::from(dict.value(i))).collect();
+    let sources = source
+        .keys()
+        .values()
+        .iter()
+        .map(|&k| {
+            usize::try_from(k)
+                .ok()
+                .and_then(|k| names.get(k).cloned())
+                .ok_or_else(|| {
+                    StoreError::invalid(path, "source", format!("dictionary key {k} out of range"))
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut sketches = Vec::with_capacity(layers.len());
+    for &li in layers {
+        let l = run
+            .layers
+            .get(li)
+            .ok_or_else(|| StoreError::Record(format!("layer index {li} out of range")))?;
+        let name = sketch_column(&l.name);
+        let list = column::<FixedSizeListArray>(batch, &name, path)?;
+        no_nulls(list, &name, path)?;
+        let k = l.sketch_len();
+        if usize::try_from(list.value_length()).ok() != Some(k) {
+            return Err(StoreError::invalid(
+                path,
+                &name,
+                format!(
+                    "sketches of {} values, manifest says k_g × k_a = {k}",
+                    list.value_length()
+                ),
+            ));
+        }
+        let start = list.value_offset_at(0);
+        let range = start..start + list.len() * k;
+        let items = list.values();
+        no_nulls(items.as_ref(), &name, path)?;
+        let wrong = || {
+            StoreError::invalid(
+                path,
+                &name,
+                format!(
+                    "items are {}, manifest says {}",
+                    items.data_type(),
+                    dtype.name()
+                ),
+            )
+        };
+        let short = || StoreError::invalid(path, &name, "fewer values than rows × k");
+        let values: Vec<f32> = match dtype {
+            SketchDtype::F32 => {
+                let a = items.as_any().downcast_ref::<Float32Array>().ok_or_else(wrong)?;
+                a.values().get(range).ok_or_else(short)?.to_vec()
+            }
+            SketchDtype::F16 => {
+                let a = items.as_any().downcast_ref::<Float16Array>().ok_or_else(wrong)?;
+                let v = a.values().get(range).ok_or_else(short)?;
+                v.iter().map(|h| h.to_f32()).collect()
+            }
+            SketchDtype::Bf16 => {
+                let a = items.as_any().downcast_ref::<UInt16Array>().ok_or_else(wrong)?;
+                let v = a.values().get(range).ok_or_else(short)?;
+                v.iter().map(|&b| bf16::from_bits(b).to_f32()).collect()
+            }
+        };
+        sketches.push(values);
+    }
+    Ok(SketchChunk {
+        doc_ids: doc_id.values().to_vec(),
+        steps: step.values().to_vec(),
+        windows: window.values().to_vec(),
+        learning_rates: lr.values().to_vec(),
+        losses: loss.iter().collect(),
+        tokens: tokens.values().to_vec(),
+        sources,
+        layers: layers.to_vec(),
+        sketches,
+    })
+}
