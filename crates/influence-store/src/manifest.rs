@@ -2,7 +2,7 @@
 //! part of the store (temporaries, orphans of a crash).
 
 use std::collections::HashSet;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, Path};
 
 use influence_core::{FORMAT_VERSION, RunInfo};
 use serde::{Deserialize, Serialize};

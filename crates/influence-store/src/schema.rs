@@ -4,11 +4,10 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow_array::builder::StringDictionaryBuilder;
 use arrow_array::types::Int32Type;
 use arrow_array::{
     Array, ArrayRef, DictionaryArray, FixedSizeListArray, Float16Array, Float32Array,
-    Float64Array, RecordBatch, StringArray, UInt16Array, UInt32Array, UInt64Array,
+    Float64Array, Int32Array, RecordBatch, StringArray, UInt16Array, UInt32Array, UInt64Array,
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use half::{bf16, f16};
@@ -94,19 +93,59 @@ pub fn sketch_schema(run: &RunInfo, dtype: SketchDtype) -> SchemaRef {
     ])))
 }
 
-/// Encodes buffered sketch batches (all of the same run) into one record batch. Returns the
-/// batch and how many values overflowed the dtype's range.
+/// The source labels of a shard: an Arrow IPC *file* allows one dictionary per column for all its
+/// batches, so the writer keeps the labels in first-seen order and starts a new shard when a new
+/// label appears (in practice only during the first steps).
+#[derive(Clone, Debug, Default)]
+pub struct SourceDictionary {
+    labels: Vec<String>,
+    index: HashMap<String, i32>,
+    values: Option<ArrayRef>,
+}
+
+impl SourceDictionary {
+    /// Adds the labels of `batches`; returns whether any was new.
+    pub fn extend(&mut self, batches: &[SketchBatch]) -> bool {
+        let before = self.labels.len();
+        for r in batches.iter().flat_map(|b| &b.rows) {
+            if !self.index.contains_key(&r.source) {
+                let key = i32::try_from(self.labels.len()).unwrap_or(i32::MAX);
+                self.index.insert(r.source.clone(), key);
+                self.labels.push(r.source.clone());
+            }
+        }
+        let grew = self.labels.len() != before;
+        if grew || self.values.is_none() {
+            self.values = Some(Arc::new(StringArray::from_iter_values(&self.labels)));
+        }
+        grew
+    }
+
+    fn column(
+        &self,
+        batches: &[SketchBatch],
+    ) -> Result<DictionaryArray<Int32Type>, arrow_schema::ArrowError> {
+        let missing = || arrow_schema::ArrowError::InvalidArgumentError("unknown source label".into());
+        let keys = batches
+            .iter()
+            .flat_map(|b| &b.rows)
+            .map(|r| self.index.get(&r.source).copied().ok_or_else(missing))
+            .collect::<Result<Vec<i32>, _>>()?;
+        let values = self.values.clone().ok_or_else(missing)?;
+        DictionaryArray::try_new(Int32Array::from(keys), values)
+    }
+}
+
+/// Encodes buffered sketch batches (all of the same run) into one record batch, with `sources`
+/// already extended by them. Returns the batch and how many values overflowed the dtype's range.
 pub fn encode(
     schema: &SchemaRef,
     run: &RunInfo,
     dtype: SketchDtype,
+    sources: &SourceDictionary,
     batches: &[SketchBatch],
 ) -> Result<(RecordBatch, u64), arrow_schema::ArrowError> {
     let rows = || batches.iter().flat_map(|b| b.rows.iter().map(move |r| (b, r)));
-    let mut source = StringDictionaryBuilder::<Int32Type>::new();
-    for (_, r) in rows() {
-        source.append_value(&r.source);
-    }
     let mut columns: Vec<ArrayRef> = vec![
         Arc::new(UInt64Array::from_iter_values(rows().map(|(_, r)| r.doc_id))),
         Arc::new(UInt64Array::from_iter_values(rows().map(|(b, _)| b.step))),
@@ -116,7 +155,7 @@ pub fn encode(
         )),
         Arc::new(Float32Array::from_iter(rows().map(|(_, r)| r.loss))),
         Arc::new(UInt32Array::from_iter_values(rows().map(|(_, r)| r.tokens))),
-        Arc::new(source.finish()),
+        Arc::new(sources.column(batches)?),
     ];
     let mut overflowed = 0u64;
     for (i, l) in run.layers.iter().enumerate() {

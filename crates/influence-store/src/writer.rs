@@ -265,6 +265,7 @@ impl StoreWriter {
             pending: Vec::new(),
             pending_rows: 0,
             open: None,
+            sources: schema::SourceDictionary::default(),
             stats: stats.clone(),
             dropped: dropped.clone(),
             rx,
@@ -609,6 +610,7 @@ struct Worker {
     pending: Vec<SketchBatch>,
     pending_rows: usize,
     open: Option<OpenShard>,
+    sources: schema::SourceDictionary,
     stats: StatsHandle,
     dropped: Arc<Mutex<Vec<DroppedStep>>>,
     rx: Receiver<Msg>,
@@ -741,6 +743,10 @@ impl Worker {
             let m = self.manifest()?;
             (m.run.clone(), m.dtype)
         };
+        if self.sources.extend(&self.pending) {
+            // A new source label: the open shard's dictionary is final, start a new shard.
+            self.commit_open()?;
+        }
         let first = &self.pending[0];
         let last_step = self.pending.last().map_or(first.step, |b| b.step);
         let (window, first_step) = (first.window, first.step);
@@ -756,7 +762,7 @@ impl Worker {
                 raw_bytes: 0,
             });
         }
-        let (batch, overflowed) = schema::encode(&schema, &run, dtype, &self.pending)
+        let (batch, overflowed) = schema::encode(&schema, &run, dtype, &self.sources, &self.pending)
             .map_err(StoreError::arrow(self.dir.join(SHARDS)))?;
         let per_row: usize = run.layers.iter().map(|l| l.sketch_len() * dtype.bytes()).sum();
         if let Some(s) = self.open.as_mut() {
@@ -774,8 +780,14 @@ impl Worker {
         Ok(())
     }
 
+    /// Writes what is pending and commits the open shard.
     fn commit_shard(&mut self) -> Result<(), StoreError> {
         self.write_pending()?;
+        self.commit_open()
+    }
+
+    /// Commits the open shard: footer, fsync, rename, manifest.
+    fn commit_open(&mut self) -> Result<(), StoreError> {
         let Some(s) = self.open.take() else {
             return Ok(());
         };

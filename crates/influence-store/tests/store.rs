@@ -1,0 +1,380 @@
+//! Round trips, resume and error paths of the store, on synthetic runs small enough to check every
+//! value.
+
+use std::collections::BTreeMap;
+
+use half::{bf16, f16};
+use influence_core::{
+    Eigenbasis, FORMAT_VERSION, FisherLabels, LayerFactors, LayerSpec, LossReduction,
+    ProjectionKind, RunInfo, Sink, SketchBatch, SketchRowMeta, WindowRecord,
+};
+use influence_store::{
+    Overflow, ReadOptions, SketchDtype, Store, StoreConfig, StoreError, StoreWriter,
+};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+const SOURCES: [&str; 3] = ["wiki", "math", "code"];
+
+fn run_info(window_steps: u64) -> RunInfo {
+    RunInfo {
+        format_version: FORMAT_VERSION,
+        layers: vec![
+            LayerSpec { name: "blocks.0.fc1".into(), d_in: 6, d_out: 5, bias: true, k_a: 4, k_g: 3 },
+            LayerSpec { name: "head".into(), d_in: 5, d_out: 7, bias: false, k_a: 2, k_g: 5 },
+        ],
+        projection_seed: 11,
+        projection: ProjectionKind::Rademacher,
+        loss_reduction: LossReduction::MeanOverTokens,
+        window_steps,
+        fisher: FisherLabels::Empirical,
+    }
+}
+
+fn batch(run: &RunInfo, step: u64, rng: &mut StdRng) -> SketchBatch {
+    let rows = rng.random_range(1..6usize);
+    SketchBatch {
+        step,
+        window: (step / run.window_steps) as u32,
+        learning_rate: 1e-3 / (1.0 + step as f64),
+        rows: (0..rows)
+            .map(|r| SketchRowMeta {
+                doc_id: step * 100 + r as u64,
+                loss: (r % 3 != 0).then(|| rng.random_range(0.5..4.0)),
+                tokens: rng.random_range(1..200),
+                source: SOURCES[rng.random_range(0..3)].into(),
+            })
+            .collect(),
+        sketches: run
+            .layers
+            .iter()
+            .map(|l| (0..rows * l.sketch_len()).map(|_| rng.random_range(-50.0..50.0)).collect())
+            .collect(),
+    }
+}
+
+fn matrix(d: usize, rng: &mut StdRng) -> Vec<f64> {
+    (0..d * d).map(|_| rng.random_range(-1.0..1.0)).collect()
+}
+
+fn window(run: &RunInfo, w: u32, first: u64, last: u64, rng: &mut StdRng) -> WindowRecord {
+    WindowRecord {
+        window: w,
+        first_step: first,
+        last_step: last,
+        learning_rates: (first..=last).map(|s| 1e-3 / (1.0 + s as f64)).collect(),
+        layers: run
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let (da, ds) = (l.d_in_aug(), l.d_out);
+                LayerFactors {
+                    name: l.name.clone(),
+                    a: matrix(da, rng),
+                    s: matrix(ds, rng),
+                    tokens: 1000 + i as u64,
+                    tokens_per_example: 37.5,
+                    eig_a: Eigenbasis { dim: da, vectors: matrix(da, rng), values: (0..da).map(|x| x as f64).collect() },
+                    eig_s: Eigenbasis { dim: ds, vectors: matrix(ds, rng), values: (0..ds).map(|x| x as f64 * 0.5).collect() },
+                    corrected: (i == 0).then(|| (0..da * ds).map(|x| x as f64 * 0.1).collect()),
+                    corrected_examples: 64,
+                }
+            })
+            .collect(),
+    }
+}
+
+/// Drives a writer like the hook does: steps `from..to`, closing windows at their boundaries.
+/// Returns everything sent, by step.
+fn drive(
+    w: &mut StoreWriter,
+    run: &RunInfo,
+    from: u64,
+    to: u64,
+    rng: &mut StdRng,
+    sent: &mut BTreeMap<u64, SketchBatch>,
+    windows: &mut Vec<WindowRecord>,
+) {
+    for step in from..to {
+        let b = batch(run, step, rng);
+        sent.insert(step, b.clone());
+        w.sketches(b).expect("sketches");
+        if (step + 1) % run.window_steps == 0 {
+            let wi = (step / run.window_steps) as u32;
+            let rec = window(run, wi, step + 1 - run.window_steps, step, rng);
+            windows.retain(|x| x.window != wi);
+            windows.push(rec.clone());
+            w.window(rec).expect("window");
+            w.checkpoint(wi, format!("checkpoint {wi}").into_bytes()).expect("checkpoint");
+        }
+    }
+}
+
+/// Every row of `store`, by step (fails on a repeated step).
+fn read_all(store: &Store) -> BTreeMap<u64, Vec<(u64, Option<f32>, u32, String, f64, Vec<Vec<f32>>)>> {
+    let mut out: BTreeMap<u64, Vec<_>> = BTreeMap::new();
+    for chunk in store.sketches(&ReadOptions::default()).expect("stream") {
+        let c = chunk.expect("chunk");
+        for r in 0..c.len() {
+            let sk = c
+                .layers
+                .iter()
+                .enumerate()
+                .map(|(j, &li)| {
+                    let k = store.run().layers[li].sketch_len();
+                    c.sketches[j][r * k..(r + 1) * k].to_vec()
+                })
+                .collect();
+            out.entry(c.steps[r]).or_default().push((
+                c.doc_ids[r],
+                c.losses[r],
+                c.tokens[r],
+                c.sources[r].to_string(),
+                c.learning_rates[r],
+                sk,
+            ));
+        }
+    }
+    out
+}
+
+fn rounded(v: f32, dtype: SketchDtype) -> f32 {
+    match dtype {
+        SketchDtype::F32 => v,
+        SketchDtype::F16 => f16::from_f32(v).to_f32(),
+        SketchDtype::Bf16 => bf16::from_f32(v).to_f32(),
+    }
+}
+
+fn assert_matches(store: &Store, sent: &BTreeMap<u64, SketchBatch>, dtype: SketchDtype) {
+    let got = read_all(store);
+    assert_eq!(got.keys().collect::<Vec<_>>(), sent.keys().collect::<Vec<_>>(), "steps stored");
+    for (step, b) in sent {
+        let rows = &got[step];
+        assert_eq!(rows.len(), b.rows.len(), "rows of step {step}");
+        for (r, (meta, row)) in b.rows.iter().zip(rows).enumerate() {
+            assert_eq!((row.0, row.1, row.2, row.3.as_str()), (meta.doc_id, meta.loss, meta.tokens, meta.source.as_str()));
+            assert_eq!(row.4, b.learning_rate);
+            for (li, l) in store.run().layers.iter().enumerate() {
+                let k = l.sketch_len();
+                let want: Vec<f32> = b.sketches[li][r * k..(r + 1) * k].iter().map(|&v| rounded(v, dtype)).collect();
+                assert_eq!(row.5[li], want, "step {step} row {r} layer {}", l.name);
+            }
+        }
+    }
+}
+
+fn small_shards(dtype: SketchDtype) -> StoreConfig {
+    StoreConfig::default().dtype(dtype).batch_rows(7).shard_rows(20).fsync(false)
+}
+
+#[test]
+fn every_dtype_round_trips_with_factors_and_checkpoints() {
+    for dtype in [SketchDtype::F32, SketchDtype::F16, SketchDtype::Bf16] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let run = run_info(10);
+        let mut rng = StdRng::seed_from_u64(5);
+        let (mut sent, mut windows) = (BTreeMap::new(), Vec::new());
+        let mut w = StoreWriter::create(dir.path(), small_shards(dtype)).expect("create");
+        let stats = w.stats();
+        w.begin(&run).expect("begin");
+        drive(&mut w, &run, 0, 25, &mut rng, &mut sent, &mut windows);
+        // The last partial window, as `Hook::finish` closes it.
+        let rec = window(&run, 2, 20, 24, &mut rng);
+        windows.push(rec.clone());
+        w.window(rec).expect("window");
+        w.checkpoint(2, b"last".to_vec()).expect("checkpoint");
+        w.finish().expect("finish");
+
+        let store = Store::open(dir.path()).expect("open");
+        let m = store.manifest();
+        assert!(m.finished);
+        assert_eq!(m.dtype, dtype);
+        let rows: u64 = sent.values().map(|b| b.rows.len() as u64).sum();
+        assert_eq!(m.rows(), rows);
+        assert_eq!(stats.snapshot().rows_written, rows);
+        assert!(m.shards.len() >= 4, "small shards: {} shards", m.shards.len());
+        for s in &m.shards {
+            assert_eq!(s.first_step / 10, u64::from(s.window));
+            assert_eq!(s.last_step / 10, u64::from(s.window), "a shard never spans windows");
+        }
+        let report = store.verify().expect("verify");
+        assert_eq!((report.rows, report.factor_files, report.checkpoints), (rows, 3, 3));
+        assert_matches(&store, &sent, dtype);
+        for rec in &windows {
+            assert_eq!(&store.factors(rec.window).expect("factors"), rec);
+        }
+        assert_eq!(store.checkpoint(2).expect("checkpoint"), b"last");
+        assert_eq!(store.checkpoint(0).expect("checkpoint"), b"checkpoint 0");
+
+        // Subsets: one layer, one window.
+        let only = ReadOptions::default().layers(["head"]).windows([1]);
+        let mut n = 0;
+        for c in store.sketches(&only).expect("stream") {
+            let c = c.expect("chunk");
+            assert_eq!(c.layers, [1]);
+            assert!(c.windows.iter().all(|&w| w == 1));
+            n += c.len();
+        }
+        let want: usize = sent.range(10..20).map(|(_, b)| b.rows.len()).sum();
+        assert_eq!(n, want);
+        let e = store.sketches(&ReadOptions::default().layers(["nope"])).err().expect("unknown layer");
+        assert!(e.to_string().contains("nope"), "{e}");
+    }
+}
+
+#[test]
+fn f16_overflow_is_counted_not_hidden() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = run_info(10);
+    let mut rng = StdRng::seed_from_u64(1);
+    let mut b = batch(&run, 0, &mut rng);
+    b.sketches[0][0] = 1e6;
+    b.sketches[1][1] = -7e4;
+    let mut w = StoreWriter::create(dir.path(), StoreConfig::default().fsync(false)).expect("create");
+    w.begin(&run).expect("begin");
+    w.sketches(b).expect("sketches");
+    w.finish().expect("finish");
+    let store = Store::open(dir.path()).expect("open");
+    assert_eq!(store.manifest().overflowed_values, 2);
+    let c = store.sketches(&ReadOptions::default()).expect("stream").next().expect("chunk").expect("ok");
+    assert_eq!(c.sketches[0][0], f32::INFINITY);
+    assert_eq!(c.sketches[1][1], f32::NEG_INFINITY);
+}
+
+#[test]
+fn resume_rolls_back_to_the_last_checkpoint_without_duplicates_or_losses() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = run_info(10);
+    let config = small_shards(SketchDtype::F32);
+    let mut rng = StdRng::seed_from_u64(9);
+    let (mut sent, mut windows) = (BTreeMap::new(), Vec::new());
+    {
+        let mut w = StoreWriter::create(dir.path(), config.clone()).expect("create");
+        w.begin(&run).expect("begin");
+        drive(&mut w, &run, 0, 27, &mut rng, &mut sent, &mut windows);
+        // Dropped mid-window-2 without finish, like a training loop that errors out.
+    }
+    // Leftovers of a harder crash: a half-written shard and a shard renamed but never named by
+    // the manifest.
+    std::fs::write(dir.path().join("shards/sketches-w00002-s0000000027.arrow.tmp"), b"partial").expect("write");
+    std::fs::write(dir.path().join("shards/orphan.arrow"), b"orphan").expect("write");
+    let before = Store::open(dir.path()).expect("open the crashed store");
+    assert!(!before.manifest().finished);
+    assert!(before.manifest().shards.iter().any(|s| s.window == 2), "rows of the open window were committed");
+    before.verify().expect("every committed shard of a crashed run is readable");
+
+    let (mut w, point) = StoreWriter::resume(dir.path(), config.clone()).expect("resume");
+    assert_eq!(point.step, 20);
+    assert_eq!(point.checkpoint, Some(dir.path().join("checkpoints/window-00001.bpk")));
+    let rolled: u64 = sent.range(20..).map(|(_, b)| b.rows.len() as u64).sum();
+    assert_eq!(point.removed_rows, rolled);
+    let names: Vec<String> = point.removed_files.iter().map(|p| p.display().to_string()).collect();
+    assert!(names.iter().any(|n| n.ends_with(".arrow.tmp")), "{names:?}");
+    assert!(names.iter().any(|n| n.ends_with("orphan.arrow")), "{names:?}");
+    let e = w.sketches(batch(&run, 20, &mut rng)).expect_err("sketches before begin");
+    assert!(e.to_string().contains("before begin"), "{e}");
+
+    // A different run cannot continue this store.
+    let mut other = run.clone();
+    other.projection_seed = 12;
+    let e = w.begin(&other).expect_err("mismatched run");
+    assert!(e.to_string().contains("projection_seed"), "{e}");
+    w.begin(&run).expect("begin");
+    let e = w.sketches(batch(&run, 19, &mut rng)).expect_err("a stored step");
+    assert!(e.to_string().contains("already stored"), "{e}");
+    sent.retain(|&s, _| s < 20);
+    drive(&mut w, &run, 20, 30, &mut rng, &mut sent, &mut windows);
+    w.finish().expect("finish");
+
+    let store = Store::open(dir.path()).expect("open");
+    store.verify().expect("verify");
+    assert_matches(&store, &sent, SketchDtype::F32);
+    assert_eq!(store.manifest().resumes.len(), 1);
+    assert_eq!(store.manifest().windows.len(), 3);
+    let e = StoreWriter::resume(dir.path(), config).err().expect("finished");
+    assert!(e.to_string().contains("finished"), "{e}");
+}
+
+#[test]
+fn creating_over_a_store_and_bad_records_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = run_info(10);
+    let mut rng = StdRng::seed_from_u64(2);
+    let mut w = StoreWriter::create(dir.path(), small_shards(SketchDtype::F16)).expect("create");
+    w.begin(&run).expect("begin");
+    let mut b = batch(&run, 0, &mut rng);
+    b.sketches[1].pop();
+    let e = w.sketches(b).expect_err("short sketch");
+    assert!(e.to_string().contains("head"), "{e}");
+    let mut b = batch(&run, 3, &mut rng);
+    b.window = 1;
+    assert!(w.sketches(b).is_err(), "window inconsistent with the step");
+    w.sketches(batch(&run, 4, &mut rng)).expect("sketches");
+    w.finish().expect("finish");
+    let e = StoreWriter::create(dir.path(), StoreConfig::default()).err().expect("exists");
+    assert!(matches!(e, StoreError::Exists { .. }), "{e}");
+}
+
+#[test]
+fn a_writer_error_surfaces_on_a_later_call_not_as_a_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = run_info(1000);
+    let mut rng = StdRng::seed_from_u64(3);
+    let config = StoreConfig::default().batch_rows(1).shard_rows(1).fsync(false);
+    let mut w = StoreWriter::create(dir.path(), config).expect("create");
+    w.begin(&run).expect("begin");
+    w.sketches(batch(&run, 0, &mut rng)).expect("first step");
+    // The disk goes away under the writer.
+    std::fs::remove_dir_all(dir.path().join("shards")).expect("remove");
+    let mut error = None;
+    for step in 1..200 {
+        if let Err(e) = w.sketches(batch(&run, step, &mut rng)) {
+            error = Some(e.to_string());
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let error = match error {
+        Some(e) => e,
+        None => w.finish().expect_err("finish reports it").to_string(),
+    };
+    assert!(error.contains("shards"), "the error names the path: {error}");
+    assert!(w.sketches(batch(&run, 500, &mut rng)).is_err(), "later calls keep failing");
+}
+
+#[test]
+fn lossy_mode_counts_every_dropped_row() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut run = run_info(1000);
+    run.layers[0].k_a = 64;
+    run.layers[0].k_g = 64;
+    let mut rng = StdRng::seed_from_u64(4);
+    let config = StoreConfig::default()
+        .dtype(SketchDtype::F32)
+        .zstd_level(19)
+        .batch_rows(1)
+        .shard_rows(1)
+        .queue_steps(1)
+        .overflow(Overflow::DropRows);
+    let mut w = StoreWriter::create(dir.path(), config).expect("create");
+    let stats = w.stats();
+    w.begin(&run).expect("begin");
+    let mut sent = 0u64;
+    for step in 0..60 {
+        let b = batch(&run, step, &mut rng);
+        sent += b.rows.len() as u64;
+        w.sketches(b).expect("lossy sketches never block or fail");
+    }
+    w.finish().expect("finish");
+    let s = stats.snapshot();
+    let store = Store::open(dir.path()).expect("open");
+    let m = store.manifest();
+    assert!(s.dropped_rows > 0, "a 1-deep queue behind zstd-19 must overflow: {s:?}");
+    assert_eq!(s.rows_enqueued, sent);
+    assert_eq!(s.rows_written + s.dropped_rows, sent);
+    assert_eq!(m.rows(), s.rows_written);
+    assert_eq!(m.dropped.iter().map(|d| d.rows).sum::<u64>(), s.dropped_rows);
+    let stored: std::collections::HashSet<u64> = m.shards.iter().map(|x| x.first_step).collect();
+    assert!(m.dropped.iter().all(|d| !stored.contains(&d.step)), "a dropped step has no rows");
+}
