@@ -197,9 +197,15 @@ mod tests {
 
     #[test]
     fn bad_settings_name_the_field() {
-        let e = StoreConfig::default().queue_steps(0).validate().unwrap_err();
+        let e = StoreConfig::default()
+            .queue_steps(0)
+            .validate()
+            .unwrap_err();
         assert!(e.to_string().contains("queue_steps"), "{e}");
-        let e = StoreConfig::default().zstd_level(30).validate().unwrap_err();
+        let e = StoreConfig::default()
+            .zstd_level(30)
+            .validate()
+            .unwrap_err();
         assert!(e.to_string().contains("zstd_level"), "{e}");
         let e = serde_json::from_str::<StoreConfig>(r#"{"dtyp": "f32"}"#).unwrap_err();
         assert!(e.to_string().contains("dtyp"), "{e}");

@@ -58,7 +58,11 @@ pub fn factor_schema() -> SchemaRef {
 fn list(rows: Vec<Option<&[f64]>>) -> Result<ArrayRef, arrow_schema::ArrowError> {
     let lengths = rows.iter().map(|r| r.map_or(0, <[f64]>::len));
     let offsets = OffsetBuffer::from_lengths(lengths);
-    let values: Vec<f64> = rows.iter().flat_map(|r| r.unwrap_or_default()).copied().collect();
+    let values: Vec<f64> = rows
+        .iter()
+        .flat_map(|r| r.unwrap_or_default())
+        .copied()
+        .collect();
     let nulls = rows
         .iter()
         .any(Option::is_none)
@@ -79,22 +83,31 @@ pub fn encode(record: &WindowRecord) -> Result<RecordBatch, arrow_schema::ArrowE
         last_step: record.last_step,
         learning_rates: record.learning_rates.clone(),
     };
-    let schema = Arc::new(factor_schema().as_ref().clone().with_metadata(HashMap::from([
-        (
-            META_WINDOW.to_owned(),
-            serde_json::to_string(&meta).unwrap_or_default(),
-        ),
-        (
-            crate::schema::META_STORE_VERSION.to_owned(),
-            crate::STORE_VERSION.to_string(),
-        ),
-    ])));
+    let schema = Arc::new(
+        factor_schema()
+            .as_ref()
+            .clone()
+            .with_metadata(HashMap::from([
+                (
+                    META_WINDOW.to_owned(),
+                    serde_json::to_string(&meta).unwrap_or_default(),
+                ),
+                (
+                    crate::schema::META_STORE_VERSION.to_owned(),
+                    crate::STORE_VERSION.to_string(),
+                ),
+            ])),
+    );
     let ls = &record.layers;
     let dim = |d: usize| u32::try_from(d).unwrap_or(u32::MAX);
     let mut columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(ls.iter().map(|l| &l.name))),
-        Arc::new(UInt32Array::from_iter_values(ls.iter().map(|l| dim(l.eig_a.dim)))),
-        Arc::new(UInt32Array::from_iter_values(ls.iter().map(|l| dim(l.eig_s.dim)))),
+        Arc::new(UInt32Array::from_iter_values(
+            ls.iter().map(|l| dim(l.eig_a.dim)),
+        )),
+        Arc::new(UInt32Array::from_iter_values(
+            ls.iter().map(|l| dim(l.eig_s.dim)),
+        )),
         Arc::new(UInt64Array::from_iter_values(ls.iter().map(|l| l.tokens))),
         Arc::new(Float64Array::from_iter_values(
             ls.iter().map(|l| l.tokens_per_example),

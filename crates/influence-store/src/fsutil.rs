@@ -55,13 +55,10 @@ impl HashingFile {
     /// Flushes, optionally fsyncs, and returns `(bytes, sha256 hex)`.
     pub fn finish(self, fsync: bool) -> Result<(u64, String), StoreError> {
         let path = self.path;
-        let file = self
-            .inner
-            .into_inner()
-            .map_err(|e| StoreError::Io {
-                path: path.clone(),
-                source: e.into_error(),
-            })?;
+        let file = self.inner.into_inner().map_err(|e| StoreError::Io {
+            path: path.clone(),
+            source: e.into_error(),
+        })?;
         if fsync {
             file.sync_all().map_err(StoreError::io(&path))?;
         }

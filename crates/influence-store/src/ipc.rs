@@ -32,9 +32,12 @@ impl IpcFile {
     pub fn create(path: &Path, schema: &SchemaRef, level: i32) -> Result<Self, StoreError> {
         let tmp = fsutil::tmp_path(path);
         let file = HashingFile::create(&tmp)?;
-        let writer =
-            FileWriter::try_new_with_options(file, schema, options(level).map_err(StoreError::arrow(path))?)
-                .map_err(StoreError::arrow(&tmp))?;
+        let writer = FileWriter::try_new_with_options(
+            file,
+            schema,
+            options(level).map_err(StoreError::arrow(path))?,
+        )
+        .map_err(StoreError::arrow(&tmp))?;
         Ok(Self {
             writer,
             path: path.to_owned(),
@@ -56,10 +59,9 @@ impl IpcFile {
         let file = self.writer.into_inner().map_err(StoreError::arrow(&tmp))?;
         let (bytes, sha256) = file.finish(fsync)?;
         fsutil::publish(&self.path, fsync)?;
-        let rel = self
-            .path
-            .strip_prefix(store)
-            .map_err(|_| StoreError::Record(format!("{} is outside the store", self.path.display())))?;
+        let rel = self.path.strip_prefix(store).map_err(|_| {
+            StoreError::Record(format!("{} is outside the store", self.path.display()))
+        })?;
         Ok(FileEntry {
             file: rel.to_string_lossy().replace('\\', "/"),
             bytes,

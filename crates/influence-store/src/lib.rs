@@ -58,8 +58,7 @@ mod writer;
 pub use config::{Overflow, SketchDtype, StoreConfig};
 pub use error::StoreError;
 pub use manifest::{
-    DroppedStep, FileEntry, MANIFEST, Manifest, ResumeEntry, STORE_VERSION, ShardEntry,
-    WindowEntry,
+    DroppedStep, FileEntry, MANIFEST, Manifest, ResumeEntry, STORE_VERSION, ShardEntry, WindowEntry,
 };
 pub use reader::{ReadOptions, SketchStream, Store, VerifyReport};
 pub use schema::SketchChunk;

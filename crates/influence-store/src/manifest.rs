@@ -159,7 +159,10 @@ impl Manifest {
                 path: path.clone(),
                 source,
             })?;
-        match value.get("store_version").and_then(serde_json::Value::as_u64) {
+        match value
+            .get("store_version")
+            .and_then(serde_json::Value::as_u64)
+        {
             Some(v) if v == u64::from(STORE_VERSION) => {}
             Some(v) => {
                 return Err(StoreError::Version {
@@ -177,11 +180,10 @@ impl Manifest {
                 ));
             }
         }
-        let manifest: Self =
-            serde_json::from_value(value).map_err(|source| StoreError::Json {
-                path: path.clone(),
-                source,
-            })?;
+        let manifest: Self = serde_json::from_value(value).map_err(|source| StoreError::Json {
+            path: path.clone(),
+            source,
+        })?;
         manifest.validate(&path)?;
         Ok(manifest)
     }
@@ -302,9 +304,19 @@ impl Manifest {
                     ),
                 ));
             }
-            check_file(&w.factors, "factors/", &|x: &str| f(&format!("factors.{x}")), path)?;
+            check_file(
+                &w.factors,
+                "factors/",
+                &|x: &str| f(&format!("factors.{x}")),
+                path,
+            )?;
             if let Some(c) = &w.checkpoint {
-                check_file(c, "checkpoints/", &|x: &str| f(&format!("checkpoint.{x}")), path)?;
+                check_file(
+                    c,
+                    "checkpoints/",
+                    &|x: &str| f(&format!("checkpoint.{x}")),
+                    path,
+                )?;
             }
         }
         Ok(())
@@ -364,9 +376,7 @@ fn check_file(
     manifest: &Path,
 ) -> Result<(), StoreError> {
     let p = Path::new(&entry.file);
-    let inside = p
-        .components()
-        .all(|c| matches!(c, Component::Normal(_)));
+    let inside = p.components().all(|c| matches!(c, Component::Normal(_)));
     if !inside || !entry.file.starts_with(dir) || entry.file.len() <= dir.len() {
         return Err(StoreError::invalid(
             manifest,

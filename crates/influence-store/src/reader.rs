@@ -116,7 +116,11 @@ impl Store {
                 "burn_influence.window",
                 format!(
                     "window {} steps {}..={}, the manifest says window {} steps {}..={}",
-                    record.window, record.first_step, record.last_step, w.window, w.first_step,
+                    record.window,
+                    record.first_step,
+                    record.last_step,
+                    w.window,
+                    w.first_step,
                     w.last_step
                 ),
             ));
@@ -127,7 +131,11 @@ impl Store {
                 return Err(StoreError::invalid(
                     path,
                     "layer",
-                    format!("{} layers, the run has {}", record.layers.len(), layers.len()),
+                    format!(
+                        "{} layers, the run has {}",
+                        record.layers.len(),
+                        layers.len()
+                    ),
                 ));
             }
             for (f, l) in record.layers.iter().zip(layers) {
@@ -179,12 +187,13 @@ impl Store {
             Some(names) => names
                 .iter()
                 .map(|n| {
-                    layers.iter().position(|l| &l.name == n).ok_or_else(|| {
-                        StoreError::Argument {
+                    layers
+                        .iter()
+                        .position(|l| &l.name == n)
+                        .ok_or_else(|| StoreError::Argument {
                             name: "layers",
                             message: format!("no layer {n:?} in {}", self.dir.display()),
-                        }
-                    })
+                        })
                 })
                 .collect(),
         }
@@ -220,7 +229,11 @@ impl Store {
             return Err(StoreError::invalid(
                 &path,
                 "schema",
-                format!("{} columns, expected {}", schema.fields().len(), expected.fields().len()),
+                format!(
+                    "{} columns, expected {}",
+                    schema.fields().len(),
+                    expected.fields().len()
+                ),
             ));
         }
         for (f, e) in schema.fields().iter().zip(expected.fields()) {
@@ -228,7 +241,12 @@ impl Store {
                 return Err(StoreError::invalid(
                     &path,
                     e.name(),
-                    format!("column {} of type {}, expected {}", f.name(), f.data_type(), e.data_type()),
+                    format!(
+                        "column {} of type {}, expected {}",
+                        f.name(),
+                        f.data_type(),
+                        e.data_type()
+                    ),
                 ));
             }
         }
@@ -302,7 +320,11 @@ impl Store {
         let mut r = VerifyReport::default();
         let all = self.layer_indices(None)?;
         for s in &self.manifest.shards {
-            r.rows += self.read_shard(s, &all)?.iter().map(|c| c.len() as u64).sum::<u64>();
+            r.rows += self
+                .read_shard(s, &all)?
+                .iter()
+                .map(|c| c.len() as u64)
+                .sum::<u64>();
             r.shards += 1;
             r.bytes += s.file.bytes;
         }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use arrow_array::types::Int32Type;
 use arrow_array::{
-    Array, ArrayRef, DictionaryArray, FixedSizeListArray, Float16Array, Float32Array,
-    Float64Array, Int32Array, RecordBatch, StringArray, UInt16Array, UInt32Array, UInt64Array,
+    Array, ArrayRef, DictionaryArray, FixedSizeListArray, Float16Array, Float32Array, Float64Array,
+    Int32Array, RecordBatch, StringArray, UInt16Array, UInt32Array, UInt64Array,
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use half::{bf16, f16};
@@ -125,7 +125,8 @@ impl SourceDictionary {
         &self,
         batches: &[SketchBatch],
     ) -> Result<DictionaryArray<Int32Type>, arrow_schema::ArrowError> {
-        let missing = || arrow_schema::ArrowError::InvalidArgumentError("unknown source label".into());
+        let missing =
+            || arrow_schema::ArrowError::InvalidArgumentError("unknown source label".into());
         let keys = batches
             .iter()
             .flat_map(|b| &b.rows)
@@ -145,7 +146,11 @@ pub fn encode(
     sources: &SourceDictionary,
     batches: &[SketchBatch],
 ) -> Result<(RecordBatch, u64), arrow_schema::ArrowError> {
-    let rows = || batches.iter().flat_map(|b| b.rows.iter().map(move |r| (b, r)));
+    let rows = || {
+        batches
+            .iter()
+            .flat_map(|b| b.rows.iter().map(move |r| (b, r)))
+    };
     let mut columns: Vec<ArrayRef> = vec![
         Arc::new(UInt64Array::from_iter_values(rows().map(|(_, r)| r.doc_id))),
         Arc::new(UInt64Array::from_iter_values(rows().map(|(b, _)| b.step))),
@@ -239,11 +244,7 @@ fn column<'a, T: 'static>(
         .column_by_name(name)
         .ok_or_else(|| StoreError::invalid(path, name, "column missing"))?;
     col.as_any().downcast_ref::<T>().ok_or_else(|| {
-        StoreError::invalid(
-            path,
-            name,
-            format!("unexpected type {}", col.data_type()),
-        )
+        StoreError::invalid(path, name, format!("unexpected type {}", col.data_type()))
     })
 }
 
@@ -341,16 +342,25 @@ pub fn decode(
         let short = || StoreError::invalid(path, &name, "fewer values than rows × k");
         let values: Vec<f32> = match dtype {
             SketchDtype::F32 => {
-                let a = items.as_any().downcast_ref::<Float32Array>().ok_or_else(wrong)?;
+                let a = items
+                    .as_any()
+                    .downcast_ref::<Float32Array>()
+                    .ok_or_else(wrong)?;
                 a.values().get(range).ok_or_else(short)?.to_vec()
             }
             SketchDtype::F16 => {
-                let a = items.as_any().downcast_ref::<Float16Array>().ok_or_else(wrong)?;
+                let a = items
+                    .as_any()
+                    .downcast_ref::<Float16Array>()
+                    .ok_or_else(wrong)?;
                 let v = a.values().get(range).ok_or_else(short)?;
                 v.iter().map(|h| h.to_f32()).collect()
             }
             SketchDtype::Bf16 => {
-                let a = items.as_any().downcast_ref::<UInt16Array>().ok_or_else(wrong)?;
+                let a = items
+                    .as_any()
+                    .downcast_ref::<UInt16Array>()
+                    .ok_or_else(wrong)?;
                 let v = a.values().get(range).ok_or_else(short)?;
                 v.iter().map(|&b| bf16::from_bits(b).to_f32()).collect()
             }

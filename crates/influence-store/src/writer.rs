@@ -185,9 +185,10 @@ impl StoreWriter {
         }
         let (step, checkpoint) = match m.last_complete_window() {
             Some(w) => {
-                let c = w.checkpoint.clone().ok_or_else(|| {
-                    StoreError::invalid(&mpath, "windows.checkpoint", "missing")
-                })?;
+                let c = w
+                    .checkpoint
+                    .clone()
+                    .ok_or_else(|| StoreError::invalid(&mpath, "windows.checkpoint", "missing"))?;
                 ipc::read_verified(dir, &c)?;
                 (w.last_step + 1, Some(dir.join(&c.file)))
             }
@@ -226,7 +227,12 @@ impl StoreWriter {
         if let Some(r) = m.resumes.last_mut() {
             r.removed_files = removed_files
                 .iter()
-                .map(|p| p.strip_prefix(dir).unwrap_or(p).to_string_lossy().into_owned())
+                .map(|p| {
+                    p.strip_prefix(dir)
+                        .unwrap_or(p)
+                        .to_string_lossy()
+                        .into_owned()
+                })
                 .collect();
         }
         m.save(dir, config.fsync)?;
@@ -293,7 +299,9 @@ impl StoreWriter {
             tx: thread.is_some().then_some(tx),
             done,
             failed,
-            failed_msg: thread.is_none().then(|| "could not start the writer thread".into()),
+            failed_msg: thread
+                .is_none()
+                .then(|| "could not start the writer thread".into()),
             stats,
             dropped,
             thread,
@@ -420,7 +428,12 @@ fn run_difference(a: &RunInfo, b: &RunInfo) -> Option<String> {
     };
     ma.iter()
         .find(|(k, v)| mb.get(*k) != Some(v))
-        .map(|(k, v)| format!("run.{k}: store has {v}, this run has {}", mb.get(k).unwrap_or(&serde_json::Value::Null)))
+        .map(|(k, v)| {
+            format!(
+                "run.{k}: store has {v}, this run has {}",
+                mb.get(k).unwrap_or(&serde_json::Value::Null)
+            )
+        })
 }
 
 impl Sink for StoreWriter {
@@ -433,9 +446,11 @@ impl Sink for StoreWriter {
             && expected != run
         {
             let what = run_difference(expected, run).unwrap_or_else(|| "run info".into());
-            return Err(StoreError::invalid(self.dir.join(MANIFEST), "run", format!(
-                "the resumed run does not match the store: {what}"
-            ))
+            return Err(StoreError::invalid(
+                self.dir.join(MANIFEST),
+                "run",
+                format!("the resumed run does not match the store: {what}"),
+            )
             .into());
         }
         self.run = Some(run.clone());
@@ -487,7 +502,10 @@ impl Sink for StoreWriter {
             return Ok(());
         }
         let rows = batch.rows.len() as u64;
-        self.stats.0.rows_enqueued.fetch_add(rows, Ordering::Relaxed);
+        self.stats
+            .0
+            .rows_enqueued
+            .fetch_add(rows, Ordering::Relaxed);
         let step = batch.step;
         self.send(Msg::Batch(batch), Some((step, rows)))?;
         Ok(())
@@ -640,7 +658,8 @@ impl Worker {
     }
 
     fn save(&mut self) -> Result<(), StoreError> {
-        let dropped: Vec<_> = std::mem::take(&mut *self.dropped.lock().unwrap_or_else(|p| p.into_inner()));
+        let dropped: Vec<_> =
+            std::mem::take(&mut *self.dropped.lock().unwrap_or_else(|p| p.into_inner()));
         let overflowed = self.stats.0.overflowed.load(Ordering::Relaxed);
         let (dir, fsync) = (self.dir.clone(), self.config.fsync);
         let m = self.manifest()?;
@@ -689,8 +708,13 @@ impl Worker {
                 let name = format!("window-{:05}.arrow", record.window);
                 let path = self.dir.join(FACTORS).join(name);
                 let batch = factors::encode(&record).map_err(StoreError::arrow(&path))?;
-                let entry =
-                    ipc::write_file(&self.dir, &path, &batch, self.config.zstd_level, self.config.fsync)?;
+                let entry = ipc::write_file(
+                    &self.dir,
+                    &path,
+                    &batch,
+                    self.config.zstd_level,
+                    self.config.fsync,
+                )?;
                 let m = self.manifest()?;
                 m.windows.retain(|w| w.window != record.window);
                 m.windows.push(WindowEntry {
@@ -714,7 +738,11 @@ impl Worker {
                     .iter_mut()
                     .find(|w| w.window == window)
                     .ok_or_else(|| {
-                        StoreError::invalid(mpath, "windows", format!("checkpoint of window {window} before its factors"))
+                        StoreError::invalid(
+                            mpath,
+                            "windows",
+                            format!("checkpoint of window {window} before its factors"),
+                        )
                     })?;
                 w.checkpoint = Some(crate::manifest::FileEntry {
                     file: crate::manifest::rel(CHECKPOINTS, &name),
@@ -762,9 +790,14 @@ impl Worker {
                 raw_bytes: 0,
             });
         }
-        let (batch, overflowed) = schema::encode(&schema, &run, dtype, &self.sources, &self.pending)
-            .map_err(StoreError::arrow(self.dir.join(SHARDS)))?;
-        let per_row: usize = run.layers.iter().map(|l| l.sketch_len() * dtype.bytes()).sum();
+        let (batch, overflowed) =
+            schema::encode(&schema, &run, dtype, &self.sources, &self.pending)
+                .map_err(StoreError::arrow(self.dir.join(SHARDS)))?;
+        let per_row: usize = run
+            .layers
+            .iter()
+            .map(|l| l.sketch_len() * dtype.bytes())
+            .sum();
         if let Some(s) = self.open.as_mut() {
             s.file.write(&batch)?;
             s.rows += self.pending_rows as u64;
@@ -772,8 +805,18 @@ impl Worker {
             s.last_step = last_step;
         }
         if overflowed > 0 {
-            let total = self.stats.0.overflowed.fetch_add(overflowed, Ordering::Relaxed) + overflowed;
-            tracing::warn!(overflowed, total, dtype = dtype.name(), "sketch values beyond the dtype's range stored as ±inf");
+            let total = self
+                .stats
+                .0
+                .overflowed
+                .fetch_add(overflowed, Ordering::Relaxed)
+                + overflowed;
+            tracing::warn!(
+                overflowed,
+                total,
+                dtype = dtype.name(),
+                "sketch values beyond the dtype's range stored as ±inf"
+            );
         }
         self.pending.clear();
         self.pending_rows = 0;

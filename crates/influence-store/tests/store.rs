@@ -19,8 +19,22 @@ fn run_info(window_steps: u64) -> RunInfo {
     RunInfo {
         format_version: FORMAT_VERSION,
         layers: vec![
-            LayerSpec { name: "blocks.0.fc1".into(), d_in: 6, d_out: 5, bias: true, k_a: 4, k_g: 3 },
-            LayerSpec { name: "head".into(), d_in: 5, d_out: 7, bias: false, k_a: 2, k_g: 5 },
+            LayerSpec {
+                name: "blocks.0.fc1".into(),
+                d_in: 6,
+                d_out: 5,
+                bias: true,
+                k_a: 4,
+                k_g: 3,
+            },
+            LayerSpec {
+                name: "head".into(),
+                d_in: 5,
+                d_out: 7,
+                bias: false,
+                k_a: 2,
+                k_g: 5,
+            },
         ],
         projection_seed: 11,
         projection: ProjectionKind::Rademacher,
@@ -47,7 +61,11 @@ fn batch(run: &RunInfo, step: u64, rng: &mut StdRng) -> SketchBatch {
         sketches: run
             .layers
             .iter()
-            .map(|l| (0..rows * l.sketch_len()).map(|_| rng.random_range(-50.0..50.0)).collect())
+            .map(|l| {
+                (0..rows * l.sketch_len())
+                    .map(|_| rng.random_range(-50.0..50.0))
+                    .collect()
+            })
             .collect(),
     }
 }
@@ -74,8 +92,16 @@ fn window(run: &RunInfo, w: u32, first: u64, last: u64, rng: &mut StdRng) -> Win
                     s: matrix(ds, rng),
                     tokens: 1000 + i as u64,
                     tokens_per_example: 37.5,
-                    eig_a: Eigenbasis { dim: da, vectors: matrix(da, rng), values: (0..da).map(|x| x as f64).collect() },
-                    eig_s: Eigenbasis { dim: ds, vectors: matrix(ds, rng), values: (0..ds).map(|x| x as f64 * 0.5).collect() },
+                    eig_a: Eigenbasis {
+                        dim: da,
+                        vectors: matrix(da, rng),
+                        values: (0..da).map(|x| x as f64).collect(),
+                    },
+                    eig_s: Eigenbasis {
+                        dim: ds,
+                        vectors: matrix(ds, rng),
+                        values: (0..ds).map(|x| x as f64 * 0.5).collect(),
+                    },
                     corrected: (i == 0).then(|| (0..da * ds).map(|x| x as f64 * 0.1).collect()),
                     corrected_examples: 64,
                 }
@@ -105,13 +131,17 @@ fn drive(
             windows.retain(|x| x.window != wi);
             windows.push(rec.clone());
             w.window(rec).expect("window");
-            w.checkpoint(wi, format!("checkpoint {wi}").into_bytes()).expect("checkpoint");
+            w.checkpoint(wi, format!("checkpoint {wi}").into_bytes())
+                .expect("checkpoint");
         }
     }
 }
 
 /// Every row of `store`, by step (fails on a repeated step).
-fn read_all(store: &Store) -> BTreeMap<u64, Vec<(u64, Option<f32>, u32, String, f64, Vec<Vec<f32>>)>> {
+/// `(doc_id, loss, tokens, source, learning rate, sketch per layer)` of a stored row.
+type Row = (u64, Option<f32>, u32, String, f64, Vec<Vec<f32>>);
+
+fn read_all(store: &Store) -> BTreeMap<u64, Vec<Row>> {
     let mut out: BTreeMap<u64, Vec<_>> = BTreeMap::new();
     for chunk in store.sketches(&ReadOptions::default()).expect("stream") {
         let c = chunk.expect("chunk");
@@ -148,16 +178,26 @@ fn rounded(v: f32, dtype: SketchDtype) -> f32 {
 
 fn assert_matches(store: &Store, sent: &BTreeMap<u64, SketchBatch>, dtype: SketchDtype) {
     let got = read_all(store);
-    assert_eq!(got.keys().collect::<Vec<_>>(), sent.keys().collect::<Vec<_>>(), "steps stored");
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        sent.keys().collect::<Vec<_>>(),
+        "steps stored"
+    );
     for (step, b) in sent {
         let rows = &got[step];
         assert_eq!(rows.len(), b.rows.len(), "rows of step {step}");
         for (r, (meta, row)) in b.rows.iter().zip(rows).enumerate() {
-            assert_eq!((row.0, row.1, row.2, row.3.as_str()), (meta.doc_id, meta.loss, meta.tokens, meta.source.as_str()));
+            assert_eq!(
+                (row.0, row.1, row.2, row.3.as_str()),
+                (meta.doc_id, meta.loss, meta.tokens, meta.source.as_str())
+            );
             assert_eq!(row.4, b.learning_rate);
             for (li, l) in store.run().layers.iter().enumerate() {
                 let k = l.sketch_len();
-                let want: Vec<f32> = b.sketches[li][r * k..(r + 1) * k].iter().map(|&v| rounded(v, dtype)).collect();
+                let want: Vec<f32> = b.sketches[li][r * k..(r + 1) * k]
+                    .iter()
+                    .map(|&v| rounded(v, dtype))
+                    .collect();
                 assert_eq!(row.5[li], want, "step {step} row {r} layer {}", l.name);
             }
         }
@@ -165,7 +205,11 @@ fn assert_matches(store: &Store, sent: &BTreeMap<u64, SketchBatch>, dtype: Sketc
 }
 
 fn small_shards(dtype: SketchDtype) -> StoreConfig {
-    StoreConfig::default().dtype(dtype).batch_rows(7).shard_rows(20).fsync(false)
+    StoreConfig::default()
+        .dtype(dtype)
+        .batch_rows(7)
+        .shard_rows(20)
+        .fsync(false)
 }
 
 #[test]
@@ -193,13 +237,24 @@ fn every_dtype_round_trips_with_factors_and_checkpoints() {
         let rows: u64 = sent.values().map(|b| b.rows.len() as u64).sum();
         assert_eq!(m.rows(), rows);
         assert_eq!(stats.snapshot().rows_written, rows);
-        assert!(m.shards.len() >= 4, "small shards: {} shards", m.shards.len());
+        assert!(
+            m.shards.len() >= 4,
+            "small shards: {} shards",
+            m.shards.len()
+        );
         for s in &m.shards {
             assert_eq!(s.first_step / 10, u64::from(s.window));
-            assert_eq!(s.last_step / 10, u64::from(s.window), "a shard never spans windows");
+            assert_eq!(
+                s.last_step / 10,
+                u64::from(s.window),
+                "a shard never spans windows"
+            );
         }
         let report = store.verify().expect("verify");
-        assert_eq!((report.rows, report.factor_files, report.checkpoints), (rows, 3, 3));
+        assert_eq!(
+            (report.rows, report.factor_files, report.checkpoints),
+            (rows, 3, 3)
+        );
         assert_matches(&store, &sent, dtype);
         for rec in &windows {
             assert_eq!(&store.factors(rec.window).expect("factors"), rec);
@@ -218,7 +273,10 @@ fn every_dtype_round_trips_with_factors_and_checkpoints() {
         }
         let want: usize = sent.range(10..20).map(|(_, b)| b.rows.len()).sum();
         assert_eq!(n, want);
-        let e = store.sketches(&ReadOptions::default().layers(["nope"])).err().expect("unknown layer");
+        let e = store
+            .sketches(&ReadOptions::default().layers(["nope"]))
+            .err()
+            .expect("unknown layer");
         assert!(e.to_string().contains("nope"), "{e}");
     }
 }
@@ -231,13 +289,19 @@ fn f16_overflow_is_counted_not_hidden() {
     let mut b = batch(&run, 0, &mut rng);
     b.sketches[0][0] = 1e6;
     b.sketches[1][1] = -7e4;
-    let mut w = StoreWriter::create(dir.path(), StoreConfig::default().fsync(false)).expect("create");
+    let mut w =
+        StoreWriter::create(dir.path(), StoreConfig::default().fsync(false)).expect("create");
     w.begin(&run).expect("begin");
     w.sketches(b).expect("sketches");
     w.finish().expect("finish");
     let store = Store::open(dir.path()).expect("open");
     assert_eq!(store.manifest().overflowed_values, 2);
-    let c = store.sketches(&ReadOptions::default()).expect("stream").next().expect("chunk").expect("ok");
+    let c = store
+        .sketches(&ReadOptions::default())
+        .expect("stream")
+        .next()
+        .expect("chunk")
+        .expect("ok");
     assert_eq!(c.sketches[0][0], f32::INFINITY);
     assert_eq!(c.sketches[1][1], f32::NEG_INFINITY);
 }
@@ -257,22 +321,44 @@ fn resume_rolls_back_to_the_last_checkpoint_without_duplicates_or_losses() {
     }
     // Leftovers of a harder crash: a half-written shard and a shard renamed but never named by
     // the manifest.
-    std::fs::write(dir.path().join("shards/sketches-w00002-s0000000027.arrow.tmp"), b"partial").expect("write");
+    std::fs::write(
+        dir.path()
+            .join("shards/sketches-w00002-s0000000027.arrow.tmp"),
+        b"partial",
+    )
+    .expect("write");
     std::fs::write(dir.path().join("shards/orphan.arrow"), b"orphan").expect("write");
     let before = Store::open(dir.path()).expect("open the crashed store");
     assert!(!before.manifest().finished);
-    assert!(before.manifest().shards.iter().any(|s| s.window == 2), "rows of the open window were committed");
-    before.verify().expect("every committed shard of a crashed run is readable");
+    assert!(
+        before.manifest().shards.iter().any(|s| s.window == 2),
+        "rows of the open window were committed"
+    );
+    before
+        .verify()
+        .expect("every committed shard of a crashed run is readable");
 
     let (mut w, point) = StoreWriter::resume(dir.path(), config.clone()).expect("resume");
     assert_eq!(point.step, 20);
-    assert_eq!(point.checkpoint, Some(dir.path().join("checkpoints/window-00001.bpk")));
+    assert_eq!(
+        point.checkpoint,
+        Some(dir.path().join("checkpoints/window-00001.bpk"))
+    );
     let rolled: u64 = sent.range(20..).map(|(_, b)| b.rows.len() as u64).sum();
     assert_eq!(point.removed_rows, rolled);
-    let names: Vec<String> = point.removed_files.iter().map(|p| p.display().to_string()).collect();
+    let names: Vec<String> = point
+        .removed_files
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
     assert!(names.iter().any(|n| n.ends_with(".arrow.tmp")), "{names:?}");
-    assert!(names.iter().any(|n| n.ends_with("orphan.arrow")), "{names:?}");
-    let e = w.sketches(batch(&run, 20, &mut rng)).expect_err("sketches before begin");
+    assert!(
+        names.iter().any(|n| n.ends_with("orphan.arrow")),
+        "{names:?}"
+    );
+    let e = w
+        .sketches(batch(&run, 20, &mut rng))
+        .expect_err("sketches before begin");
     assert!(e.to_string().contains("before begin"), "{e}");
 
     // A different run cannot continue this store.
@@ -281,7 +367,9 @@ fn resume_rolls_back_to_the_last_checkpoint_without_duplicates_or_losses() {
     let e = w.begin(&other).expect_err("mismatched run");
     assert!(e.to_string().contains("projection_seed"), "{e}");
     w.begin(&run).expect("begin");
-    let e = w.sketches(batch(&run, 19, &mut rng)).expect_err("a stored step");
+    let e = w
+        .sketches(batch(&run, 19, &mut rng))
+        .expect_err("a stored step");
     assert!(e.to_string().contains("already stored"), "{e}");
     sent.retain(|&s, _| s < 20);
     drive(&mut w, &run, 20, 30, &mut rng, &mut sent, &mut windows);
@@ -292,7 +380,9 @@ fn resume_rolls_back_to_the_last_checkpoint_without_duplicates_or_losses() {
     assert_matches(&store, &sent, SketchDtype::F32);
     assert_eq!(store.manifest().resumes.len(), 1);
     assert_eq!(store.manifest().windows.len(), 3);
-    let e = StoreWriter::resume(dir.path(), config).err().expect("finished");
+    let e = StoreWriter::resume(dir.path(), config)
+        .err()
+        .expect("finished");
     assert!(e.to_string().contains("finished"), "{e}");
 }
 
@@ -312,7 +402,9 @@ fn creating_over_a_store_and_bad_records_are_refused() {
     assert!(w.sketches(b).is_err(), "window inconsistent with the step");
     w.sketches(batch(&run, 4, &mut rng)).expect("sketches");
     w.finish().expect("finish");
-    let e = StoreWriter::create(dir.path(), StoreConfig::default()).err().expect("exists");
+    let e = StoreWriter::create(dir.path(), StoreConfig::default())
+        .err()
+        .expect("exists");
     assert!(matches!(e, StoreError::Exists { .. }), "{e}");
 }
 
@@ -321,7 +413,10 @@ fn a_writer_error_surfaces_on_a_later_call_not_as_a_panic() {
     let dir = tempfile::tempdir().expect("tempdir");
     let run = run_info(1000);
     let mut rng = StdRng::seed_from_u64(3);
-    let config = StoreConfig::default().batch_rows(1).shard_rows(1).fsync(false);
+    let config = StoreConfig::default()
+        .batch_rows(1)
+        .shard_rows(1)
+        .fsync(false);
     let mut w = StoreWriter::create(dir.path(), config).expect("create");
     w.begin(&run).expect("begin");
     w.sketches(batch(&run, 0, &mut rng)).expect("first step");
@@ -339,8 +434,14 @@ fn a_writer_error_surfaces_on_a_later_call_not_as_a_panic() {
         Some(e) => e,
         None => w.finish().expect_err("finish reports it").to_string(),
     };
-    assert!(error.contains("shards"), "the error names the path: {error}");
-    assert!(w.sketches(batch(&run, 500, &mut rng)).is_err(), "later calls keep failing");
+    assert!(
+        error.contains("shards"),
+        "the error names the path: {error}"
+    );
+    assert!(
+        w.sketches(batch(&run, 500, &mut rng)).is_err(),
+        "later calls keep failing"
+    );
 }
 
 #[test]
@@ -370,11 +471,20 @@ fn lossy_mode_counts_every_dropped_row() {
     let s = stats.snapshot();
     let store = Store::open(dir.path()).expect("open");
     let m = store.manifest();
-    assert!(s.dropped_rows > 0, "a 1-deep queue behind zstd-19 must overflow: {s:?}");
+    assert!(
+        s.dropped_rows > 0,
+        "a 1-deep queue behind zstd-19 must overflow: {s:?}"
+    );
     assert_eq!(s.rows_enqueued, sent);
     assert_eq!(s.rows_written + s.dropped_rows, sent);
     assert_eq!(m.rows(), s.rows_written);
-    assert_eq!(m.dropped.iter().map(|d| d.rows).sum::<u64>(), s.dropped_rows);
+    assert_eq!(
+        m.dropped.iter().map(|d| d.rows).sum::<u64>(),
+        s.dropped_rows
+    );
     let stored: std::collections::HashSet<u64> = m.shards.iter().map(|x| x.first_step).collect();
-    assert!(m.dropped.iter().all(|d| !stored.contains(&d.step)), "a dropped step has no rows");
+    assert!(
+        m.dropped.iter().all(|d| !stored.contains(&d.step)),
+        "a dropped step has no rows"
+    );
 }

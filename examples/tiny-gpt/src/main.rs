@@ -6,8 +6,8 @@ use anyhow::{Context, Result};
 use burn::module::Module;
 use burn::tensor::Device;
 use clap::{Parser, ValueEnum};
-use influence_core::MemorySink;
-use tiny_gpt::train::{TrainConfig, prepare, train};
+use influence_store::{Store, StoreWriter};
+use tiny_gpt::train::{TrainConfig, prepare, train_from};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Preset {
@@ -37,9 +37,14 @@ struct Args {
     /// Override the number of optimizer steps.
     #[arg(long)]
     steps: Option<usize>,
-    /// Output directory (tokenizer, final model, run summary).
+    /// Output directory (tokenizer, final model, run summary, and the influence store in
+    /// OUT/store).
     #[arg(long, default_value = "runs/tiny-gpt")]
     out: PathBuf,
+    /// Continue an interrupted run from the last checkpoint in OUT/store (rows written after it
+    /// are rolled back and written again). Without it, an existing OUT/store is replaced.
+    #[arg(long)]
+    resume: bool,
     /// Train without the hook (baseline).
     #[arg(long)]
     no_hook: bool,
@@ -98,11 +103,42 @@ fn main() -> Result<()> {
         config.seq_len
     );
 
-    let sink = MemorySink::new();
-    let hooked = (!args.no_hook).then(|| Box::new(sink.clone()) as Box<dyn influence_core::Sink>);
+    let store_dir = args.out.join("store");
+    let mut resume = None;
+    let mut stats = None;
+    let hooked = if args.no_hook {
+        None
+    } else {
+        let writer = if args.resume {
+            let (w, point) = StoreWriter::resume(&store_dir, config.store.clone())?;
+            println!(
+                "resuming at step {} ({}); rolled back {} rows, removed {} files",
+                point.step,
+                point
+                    .checkpoint
+                    .as_ref()
+                    .map_or("from scratch".into(), |p| p.display().to_string()),
+                point.removed_rows,
+                point.removed_files.len()
+            );
+            resume = Some(point);
+            w
+        } else {
+            if store_dir.join(influence_store::MANIFEST).exists() {
+                std::fs::remove_dir_all(&store_dir)
+                    .with_context(|| format!("replacing {}", store_dir.display()))?;
+            }
+            StoreWriter::create(&store_dir, config.store.clone())?
+        };
+        stats = Some(writer.stats());
+        Some(Box::new(writer) as Box<dyn influence_core::Sink>)
+    };
+    if args.resume && !matches!(args.train_loop, Loop::Manual) {
+        anyhow::bail!("--resume works with --loop manual");
+    }
     let (losses, model, seconds) = match args.train_loop {
         Loop::Manual => {
-            let r = train(&config, &prepared, &device, hooked)?;
+            let r = train_from(&config, &prepared, &device, hooked, resume.as_ref())?;
             (r.losses, r.model, r.seconds)
         }
         Loop::Learner => {
@@ -123,36 +159,43 @@ fn main() -> Result<()> {
         .save_file(args.out.join("model.bpk"))
         .map_err(|e| anyhow::anyhow!("saving the model: {e}"))?;
 
-    let store = sink.store();
+    let store = if args.no_hook {
+        None
+    } else {
+        Some(Store::open(&store_dir)?)
+    };
     let summary = serde_json::json!({
         "losses": losses,
         "seconds": seconds,
         "hook": !args.no_hook,
-        "run": store.run,
-        "sketch_rows": store.rows(),
-        "windows": store.windows.iter().map(|w| serde_json::json!({
-            "window": w.window, "first_step": w.first_step, "last_step": w.last_step,
-            "layers": w.layers.iter().map(|l| serde_json::json!({
-                "name": l.name, "tokens": l.tokens, "corrected_examples": l.corrected_examples,
-                "top_eigenvalue_a": l.eig_a.values.last(), "top_eigenvalue_s": l.eig_s.values.last(),
-            })).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>(),
-        "checkpoints": store.checkpoints.iter().map(|(w, b)| serde_json::json!({"window": w, "bytes": b.len()})).collect::<Vec<_>>(),
+        "store": store.as_ref().map(|s| s.manifest()),
+        "writer": stats.as_ref().map(|s| s.snapshot()),
     });
     std::fs::write(
         args.out.join("summary.json"),
         serde_json::to_string_pretty(&summary)?,
     )?;
-    if let Some(run) = &store.run {
-        let bytes_per_doc: usize = run.layers.iter().map(|l| l.sketch_len() * 4).sum();
+    if let (Some(store), Some(stats)) = (&store, &stats) {
+        let m = store.manifest();
+        let s = stats.snapshot();
+        let rows = m.rows();
+        let per_layer = m
+            .run
+            .layers
+            .first()
+            .map_or(0, |l| l.sketch_len() * m.dtype.bytes());
         println!(
-            "hook: {} layers, {} sketch rows ({} B per document at f32), {} windows closed, {} checkpoints",
-            run.layers.len(),
-            store.rows(),
-            bytes_per_doc,
-            store.windows.len(),
-            store.checkpoints.len()
+            "store: {} layers, {} sketch rows in {} shards, {} windows with checkpoints; {} B per document per layer ({}), {:.0} B per document per layer on disk (zstd); writer stalled the training loop {:.3} s",
+            m.run.layers.len(),
+            rows,
+            m.shards.len(),
+            store.complete_windows().count(),
+            per_layer,
+            m.dtype.name(),
+            s.bytes_written as f64 / (rows.max(1) * m.run.layers.len() as u64) as f64,
+            s.stall_seconds,
         );
+        println!("store written to {}", store_dir.display());
     }
     println!("wrote {}", args.out.display());
     Ok(())

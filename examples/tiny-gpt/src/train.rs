@@ -3,10 +3,12 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::Device;
 use influence_core::Sink;
 use influence_hook::{FitLabels, Hook, HookConfig, Tap};
+use influence_store::{ResumePoint, StoreConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::corpus::{CorpusConfig, Document};
@@ -45,6 +47,9 @@ pub struct TrainConfig {
     pub log_every: usize,
     /// The hook.
     pub hook: HookConfig,
+    /// The store the hook writes to.
+    #[serde(default)]
+    pub store: StoreConfig,
 }
 
 impl TrainConfig {
@@ -68,6 +73,7 @@ impl TrainConfig {
                 .window_steps(200)
                 .factor_every(10)
                 .fit_batches(4),
+            store: StoreConfig::default(),
         }
     }
 
@@ -243,7 +249,33 @@ pub fn train(
     device: &Device,
     sink: Option<Box<dyn Sink>>,
 ) -> Result<TrainReport> {
+    train_from(config, prepared, device, sink, None)
+}
+
+/// [`train`], continuing a run at `resume` (from [`influence_store::StoreWriter::resume`]): the
+/// model is loaded from its checkpoint, the data stream skips the steps already run, and the hook
+/// continues the window numbering. The optimizer's moments start afresh (they are not part of the
+/// checkpoint), so a resumed run is close to, not identical with, an uninterrupted one.
+pub fn train_from(
+    config: &TrainConfig,
+    prepared: &Prepared,
+    device: &Device,
+    sink: Option<Box<dyn Sink>>,
+    resume: Option<&ResumePoint>,
+) -> Result<TrainReport> {
     let (hook, mut model) = init_model(config, prepared, device, sink)?;
+    let first = resume.map_or(0, |r| r.step);
+    if let Some(r) = resume {
+        if let Some(path) = &r.checkpoint {
+            model = model
+                .try_load_file(path)
+                .map_err(|e| anyhow::anyhow!("{}: loading the checkpoint: {e}", path.display()))?;
+        }
+        if let Some(h) = &hook {
+            h.resume_at(first).context("resuming the hook")?;
+        }
+    }
+    let first = usize::try_from(first).context("resume step")?;
     let mut optim = AdamConfig::new().init();
     let mut batches = Batches::new(
         &prepared.tokens,
@@ -251,10 +283,13 @@ pub fn train(
         config.batch_size,
         config.seed,
     );
+    for _ in 0..first {
+        batches.next_seqs();
+    }
     let mut losses = Vec::with_capacity(config.steps);
     let start = Instant::now();
     let mut window_loss = 0.0;
-    for step in 0..config.steps {
+    for step in first..config.steps {
         let batch = LmBatch::new(batches.next_seqs(), device);
         let lr = config.lr_at(step);
         if let Some(h) = &hook {
