@@ -60,17 +60,8 @@ pub use error::StoreError;
 pub use manifest::{
     DroppedStep, FileEntry, MANIFEST, Manifest, ResumeEntry, STORE_VERSION, ShardEntry, WindowEntry,
 };
-pub use reader::{ReadOptions, SketchStream, Store, VerifyReport};
+pub use reader::{ReadOptions, SketchStream, Store, VerifyReport, decode_shard};
 pub use schema::SketchChunk;
 pub use writer::{
     CHECKPOINTS, FACTORS, ResumePoint, SHARDS, StatsHandle, StoreWriter, WriterStats,
 };
-
-/// Decodes an Arrow IPC file held in memory, as the reader does after checking the checksum
-/// (for fuzzing and for tools that receive shard bytes by other means). Never panics.
-pub fn decode_ipc(
-    bytes: Vec<u8>,
-    path: &std::path::Path,
-) -> Result<(arrow_schema::SchemaRef, Vec<arrow_array::RecordBatch>), StoreError> {
-    ipc::decode(bytes, None, path)
-}

@@ -152,17 +152,20 @@ impl Manifest {
             },
             other => other,
         })?;
+        Self::from_bytes(&bytes, &path)
+    }
+
+    /// Parses and validates manifest bytes; `path` names the file in errors.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self, StoreError> {
+        let path = path.to_owned();
         // Check the version before the shape, so that a future store gets a version error rather
         // than an unknown-field one.
         let value: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|source| StoreError::Json {
+            serde_json::from_slice(bytes).map_err(|source| StoreError::Json {
                 path: path.clone(),
                 source,
             })?;
-        match value
-            .get("store_version")
-            .and_then(serde_json::Value::as_u64)
-        {
+        match value.get("store_version").and_then(serde_json::Value::as_u64) {
             Some(v) if v == u64::from(STORE_VERSION) => {}
             Some(v) => {
                 return Err(StoreError::Version {
@@ -180,10 +183,11 @@ impl Manifest {
                 ));
             }
         }
-        let manifest: Self = serde_json::from_value(value).map_err(|source| StoreError::Json {
-            path: path.clone(),
-            source,
-        })?;
+        let manifest: Self =
+            serde_json::from_value(value).map_err(|source| StoreError::Json {
+                path: path.clone(),
+                source,
+            })?;
         manifest.validate(&path)?;
         Ok(manifest)
     }

@@ -217,75 +217,7 @@ impl Store {
     ) -> Result<Vec<SketchChunk>, StoreError> {
         let path = self.dir.join(&shard.file.file);
         let bytes = ipc::read_verified(&self.dir, &shard.file)?;
-        let projection: Vec<usize> = (0..META_COLUMNS.len())
-            .chain(layers.iter().map(|&l| META_COLUMNS.len() + l))
-            .collect();
-        let expected = schema::sketch_schema(&self.manifest.run, self.manifest.dtype);
-        let expected = expected
-            .project(&projection)
-            .map_err(StoreError::arrow(&path))?;
-        let (schema, batches) = ipc::decode(bytes, Some(projection), &path)?;
-        if schema.fields().len() != expected.fields().len() {
-            return Err(StoreError::invalid(
-                &path,
-                "schema",
-                format!(
-                    "{} columns, expected {}",
-                    schema.fields().len(),
-                    expected.fields().len()
-                ),
-            ));
-        }
-        for (f, e) in schema.fields().iter().zip(expected.fields()) {
-            if f.name() != e.name() || f.data_type() != e.data_type() {
-                return Err(StoreError::invalid(
-                    &path,
-                    e.name(),
-                    format!(
-                        "column {} of type {}, expected {}",
-                        f.name(),
-                        f.data_type(),
-                        e.data_type()
-                    ),
-                ));
-            }
-        }
-        let mut rows = 0u64;
-        let mut prev = shard.first_step;
-        let mut chunks = Vec::with_capacity(batches.len());
-        for b in &batches {
-            let c = schema::decode(b, &self.manifest.run, self.manifest.dtype, layers, &path)?;
-            for (&s, &w) in c.steps.iter().zip(&c.windows) {
-                if s < prev || s > shard.last_step {
-                    return Err(StoreError::invalid(
-                        &path,
-                        "step",
-                        format!(
-                            "step {s} out of order or outside the manifest's {}..={}",
-                            shard.first_step, shard.last_step
-                        ),
-                    ));
-                }
-                if w != shard.window {
-                    return Err(StoreError::invalid(
-                        &path,
-                        "window",
-                        format!("window {w}, the manifest says {}", shard.window),
-                    ));
-                }
-                prev = s;
-            }
-            rows += c.len() as u64;
-            chunks.push(c);
-        }
-        if rows != shard.rows {
-            return Err(StoreError::invalid(
-                &path,
-                "rows",
-                format!("{rows} rows, the manifest says {}", shard.rows),
-            ));
-        }
-        Ok(chunks)
+        decode_shard(bytes, &self.manifest, shard, layers, &path)
     }
 
     /// The shards `options` selects.
@@ -340,6 +272,87 @@ impl Store {
         }
         Ok(r)
     }
+}
+
+/// Decodes the bytes of `shard` (already checked against its checksum, or untrusted: this never
+/// panics) and validates them against the manifest: schema, dtype, sketch sizes, steps, window and
+/// row count. `path` names the file in errors. Keeps the sketches of `layers`.
+pub fn decode_shard(
+    bytes: Vec<u8>,
+    manifest: &Manifest,
+    shard: &ShardEntry,
+    layers: &[usize],
+    path: &Path,
+) -> Result<Vec<SketchChunk>, StoreError> {
+    let projection: Vec<usize> = (0..META_COLUMNS.len())
+        .chain(layers.iter().map(|&l| META_COLUMNS.len() + l))
+        .collect();
+    let expected = schema::sketch_schema(&manifest.run, manifest.dtype);
+    let expected = expected
+        .project(&projection)
+        .map_err(StoreError::arrow(path))?;
+    let (schema, batches) = ipc::decode(bytes, Some(projection), path)?;
+    if schema.fields().len() != expected.fields().len() {
+        return Err(StoreError::invalid(
+            path,
+            "schema",
+            format!(
+                "{} columns, expected {}",
+                schema.fields().len(),
+                expected.fields().len()
+            ),
+        ));
+    }
+    for (f, e) in schema.fields().iter().zip(expected.fields()) {
+        if f.name() != e.name() || f.data_type() != e.data_type() {
+            return Err(StoreError::invalid(
+                path,
+                e.name(),
+                format!(
+                    "column {} of type {}, expected {}",
+                    f.name(),
+                    f.data_type(),
+                    e.data_type()
+                ),
+            ));
+        }
+    }
+    let mut rows = 0u64;
+    let mut prev = shard.first_step;
+    let mut chunks = Vec::with_capacity(batches.len());
+    for b in &batches {
+        let c = schema::decode(b, &manifest.run, manifest.dtype, layers, path)?;
+        for (&s, &w) in c.steps.iter().zip(&c.windows) {
+            if s < prev || s > shard.last_step {
+                return Err(StoreError::invalid(
+                    path,
+                    "step",
+                    format!(
+                        "step {s} out of order or outside the manifest's {}..={}",
+                        shard.first_step, shard.last_step
+                    ),
+                ));
+            }
+            if w != shard.window {
+                return Err(StoreError::invalid(
+                    path,
+                    "window",
+                    format!("window {w}, the manifest says {}", shard.window),
+                ));
+            }
+            prev = s;
+        }
+        rows += c.len() as u64;
+        chunks.push(c);
+    }
+    if rows != shard.rows {
+        return Err(StoreError::invalid(
+            path,
+            "rows",
+            format!("{rows} rows, the manifest says {}", shard.rows),
+        ));
+    }
+    Ok(chunks)
 }
 
 /// An iterator over the sketches of a store (see [`Store::sketches`]); stops after the first
