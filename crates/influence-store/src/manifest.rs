@@ -165,7 +165,10 @@ impl Manifest {
                 path: path.clone(),
                 source,
             })?;
-        match value.get("store_version").and_then(serde_json::Value::as_u64) {
+        match value
+            .get("store_version")
+            .and_then(serde_json::Value::as_u64)
+        {
             Some(v) if v == u64::from(STORE_VERSION) => {}
             Some(v) => {
                 return Err(StoreError::Version {
@@ -183,11 +186,10 @@ impl Manifest {
                 ));
             }
         }
-        let manifest: Self =
-            serde_json::from_value(value).map_err(|source| StoreError::Json {
-                path: path.clone(),
-                source,
-            })?;
+        let manifest: Self = serde_json::from_value(value).map_err(|source| StoreError::Json {
+            path: path.clone(),
+            source,
+        })?;
         manifest.validate(&path)?;
         Ok(manifest)
     }

@@ -371,6 +371,11 @@ impl StoreWriter {
                     let ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
                     c.stall_ns.fetch_add(ns, Ordering::Relaxed);
                     c.stalls.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(
+                        stall_ms = ns as f64 * 1e-6,
+                        queue_steps = self.config.queue_steps,
+                        "store queue full: the training step waited for the writer"
+                    );
                 }
             },
             Err(TrySendError::Disconnected(_)) => return Err(self.closed()),
