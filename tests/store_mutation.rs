@@ -217,7 +217,12 @@ fn manifest_edits_are_rejected_with_the_field_named() {
         );
     }
     type Edit = fn(&mut Value);
-    let cases: [(&str, Edit, &str); 14] = [
+    let cases: [(&str, Edit, &str); 15] = [
+        (
+            "projection seed",
+            |m| m["run"]["projection_seed"] = json!(1),
+            "run.projection_seed",
+        ),
         (
             "newer store",
             |m| m["store_version"] = json!(2),
@@ -259,7 +264,7 @@ fn manifest_edits_are_rejected_with_the_field_named() {
         (
             "shape",
             |m| m["run"]["layers"][0]["k_a"] = json!(8),
-            "sketch.blocks.0.attn.qkv",
+            "run.layers[0].k_a`: the shard says 16, the manifest says 8",
         ),
         (
             "dtype",
@@ -269,7 +274,7 @@ fn manifest_edits_are_rejected_with_the_field_named() {
         (
             "layer name",
             |m| m["run"]["layers"][1]["name"] = json!("blocks.9.x"),
-            "sketch.blocks.9.x",
+            "run.layers[1].name",
         ),
         (
             "learning rates",

@@ -404,3 +404,37 @@ fn check_file(
 pub(crate) fn rel(dir: &str, name: &str) -> String {
     format!("{dir}/{name}")
 }
+
+/// The first field where two run infos differ: `(JSON path, a's value, b's value)`, e.g.
+/// `("run.layers[0].k_a", "16", "8")`.
+pub(crate) fn run_difference(a: &RunInfo, b: &RunInfo) -> Option<(String, String, String)> {
+    use serde_json::Value;
+    fn first(path: String, a: &Value, b: &Value) -> Option<(String, String, String)> {
+        match (a, b) {
+            (Value::Object(ma), Value::Object(mb)) => ma
+                .iter()
+                .find_map(|(k, v)| {
+                    first(format!("{path}.{k}"), v, mb.get(k).unwrap_or(&Value::Null))
+                })
+                .or_else(|| {
+                    mb.iter()
+                        .find(|(k, _)| !ma.contains_key(*k))
+                        .map(|(k, v)| (format!("{path}.{k}"), "nothing".into(), v.to_string()))
+                }),
+            (Value::Array(xa), Value::Array(xb)) if xa.len() == xb.len() => xa
+                .iter()
+                .zip(xb)
+                .enumerate()
+                .find_map(|(i, (x, y))| first(format!("{path}[{i}]"), x, y)),
+            (Value::Array(xa), Value::Array(xb)) => Some((
+                format!("{path}.len()"),
+                xa.len().to_string(),
+                xb.len().to_string(),
+            )),
+            _ if a == b => None,
+            _ => Some((path, a.to_string(), b.to_string())),
+        }
+    }
+    let (ja, jb) = (serde_json::to_value(a).ok()?, serde_json::to_value(b).ok()?);
+    first("run".into(), &ja, &jb)
+}

@@ -292,6 +292,22 @@ pub fn decode_shard(
         .project(&projection)
         .map_err(StoreError::arrow(path))?;
     let (schema, batches) = ipc::decode(bytes, Some(projection), path)?;
+    // The shard describes its run (layers, projection seed and kind, reduction): it must be the
+    // manifest's, or its sketches were made with other projections.
+    let field = schema::META_RUN;
+    let text = schema
+        .metadata()
+        .get(field)
+        .ok_or_else(|| StoreError::invalid(path, field, "schema metadata missing"))?;
+    let shard_run: RunInfo =
+        serde_json::from_str(text).map_err(|e| StoreError::invalid(path, field, e.to_string()))?;
+    if let Some((f, m, s)) = crate::manifest::run_difference(&manifest.run, &shard_run) {
+        return Err(StoreError::invalid(
+            path,
+            format!("{field}: {f}"),
+            format!("the shard says {s}, the manifest says {m}"),
+        ));
+    }
     if schema.fields().len() != expected.fields().len() {
         return Err(StoreError::invalid(
             path,

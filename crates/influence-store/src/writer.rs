@@ -425,22 +425,6 @@ impl Drop for StoreWriter {
     }
 }
 
-/// The first field where two run infos differ.
-fn run_difference(a: &RunInfo, b: &RunInfo) -> Option<String> {
-    let (ja, jb) = (serde_json::to_value(a).ok()?, serde_json::to_value(b).ok()?);
-    let (serde_json::Value::Object(ma), serde_json::Value::Object(mb)) = (&ja, &jb) else {
-        return None;
-    };
-    ma.iter()
-        .find(|(k, v)| mb.get(*k) != Some(v))
-        .map(|(k, v)| {
-            format!(
-                "run.{k}: store has {v}, this run has {}",
-                mb.get(k).unwrap_or(&serde_json::Value::Null)
-            )
-        })
-}
-
 impl Sink for StoreWriter {
     fn begin(&mut self, run: &RunInfo) -> Result<(), SinkError> {
         if self.run.is_some() {
@@ -450,7 +434,10 @@ impl Sink for StoreWriter {
         if let Some(expected) = &self.expected_run
             && expected != run
         {
-            let what = run_difference(expected, run).unwrap_or_else(|| "run info".into());
+            let what = crate::manifest::run_difference(expected, run).map_or_else(
+                || "run info".into(),
+                |(f, a, b)| format!("{f}: store has {a}, this run has {b}"),
+            );
             return Err(StoreError::invalid(
                 self.dir.join(MANIFEST),
                 "run",
