@@ -488,3 +488,39 @@ fn lossy_mode_counts_every_dropped_row() {
         "a dropped step has no rows"
     );
 }
+
+/// Inputs the fuzzer (`fuzz/`, target `shard`) found; each once aborted the process or panicked
+/// inside arrow-ipc. They must give errors.
+#[test]
+fn fuzz_regressions_are_errors() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-regressions");
+    let run = run_info(1 << 40);
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("regressions") {
+        let path = entry.expect("entry").path();
+        let bytes = std::fs::read(&path).expect("read");
+        let shard = influence_store::ShardEntry {
+            file: influence_store::FileEntry {
+                file: "shards/x.arrow".into(),
+                bytes: bytes.len() as u64,
+                sha256: "0".repeat(64),
+            },
+            window: 0,
+            first_step: 0,
+            last_step: u64::MAX,
+            rows: 1,
+        };
+        for dtype in [SketchDtype::F32, SketchDtype::F16, SketchDtype::Bf16] {
+            let m = influence_store::Manifest::new(run.clone(), dtype);
+            let e = influence_store::decode_shard(bytes.clone(), &m, &shard, &[0, 1], &path)
+                .expect_err("a malformed shard");
+            assert!(
+                e.to_string().contains("malformed"),
+                "{}: {e}",
+                path.display()
+            );
+        }
+        n += 1;
+    }
+    assert!(n > 0);
+}
