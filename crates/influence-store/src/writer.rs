@@ -194,36 +194,25 @@ impl StoreWriter {
             }
             None => (0, None),
         };
-        let mut removed_files = Vec::new();
         let mut removed_rows = 0;
         m.shards.retain(|s| {
             let keep = s.last_step < step;
             if !keep {
                 removed_rows += s.rows;
-                removed_files.push(dir.join(&s.file.file));
             }
             keep
         });
-        m.windows.retain(|w| {
-            let keep = w.last_step < step;
-            if !keep {
-                removed_files.push(dir.join(&w.factors.file));
-                removed_files.extend(w.checkpoint.as_ref().map(|c| dir.join(&c.file)));
-            }
-            keep
-        });
+        m.windows.retain(|w| w.last_step < step);
         m.dropped.retain(|d| d.step < step);
-        for f in &removed_files {
-            remove(f)?;
-        }
-        // Commit the rolled-back manifest before touching anything else.
         m.resumes.push(ResumeEntry {
             step,
             removed_rows,
             removed_files: Vec::new(),
         });
+        // Commit the rolled-back manifest first: a crash from here on leaves a valid store (files
+        // no manifest names are only leftovers); then remove what it no longer names.
         m.save(dir, config.fsync)?;
-        removed_files.extend(clean(dir, Some(&m))?);
+        let removed_files = clean(dir, Some(&m))?;
         if let Some(r) = m.resumes.last_mut() {
             r.removed_files = removed_files
                 .iter()
