@@ -103,6 +103,9 @@ fn main() -> Result<()> {
         config.seq_len
     );
 
+    if args.resume && !matches!(args.train_loop, Loop::Manual) {
+        anyhow::bail!("--resume works with --loop manual");
+    }
     let store_dir = args.out.join("store");
     let mut resume = None;
     let mut stats = None;
@@ -133,9 +136,6 @@ fn main() -> Result<()> {
         stats = Some(writer.stats());
         Some(Box::new(writer) as Box<dyn influence_core::Sink>)
     };
-    if args.resume && !matches!(args.train_loop, Loop::Manual) {
-        anyhow::bail!("--resume works with --loop manual");
-    }
     let (losses, model, seconds) = match args.train_loop {
         Loop::Manual => {
             let r = train_from(&config, &prepared, &device, hooked, resume.as_ref())?;
