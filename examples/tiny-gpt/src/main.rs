@@ -63,6 +63,9 @@ fn main() -> Result<()> {
         )
         .init();
     let args = Args::parse();
+    if args.resume && !matches!(args.train_loop, Loop::Manual) {
+        anyhow::bail!("--resume works with --loop manual");
+    }
     let mut config = match &args.config {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?;
@@ -103,9 +106,6 @@ fn main() -> Result<()> {
         config.seq_len
     );
 
-    if args.resume && !matches!(args.train_loop, Loop::Manual) {
-        anyhow::bail!("--resume works with --loop manual");
-    }
     let store_dir = args.out.join("store");
     let mut resume = None;
     let mut stats = None;
