@@ -13,6 +13,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use influence_core::{Eigenbasis, LayerFactors, WindowRecord};
 
 use crate::StoreError;
+use crate::schema::{column, no_nulls};
 
 const META_WINDOW: &str = "burn_influence.window";
 
@@ -132,14 +133,6 @@ pub fn encode(record: &WindowRecord) -> Result<RecordBatch, arrow_schema::ArrowE
     RecordBatch::try_new(schema, columns)
 }
 
-fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a T, StoreError> {
-    b.column_by_name(name)
-        .ok_or_else(|| StoreError::invalid(path, name, "column missing"))?
-        .as_any()
-        .downcast_ref::<T>()
-        .ok_or_else(|| StoreError::invalid(path, name, "unexpected type"))
-}
-
 /// Decodes a factor file's record batches (and its schema metadata) back into a window record,
 /// checking every matrix's size.
 pub fn decode(
@@ -155,20 +148,25 @@ pub fn decode(
         .map_err(|e| StoreError::invalid(path, META_WINDOW, e.to_string()))?;
     let mut layers = Vec::new();
     for b in batches {
-        let name = col::<StringArray>(b, "layer", path)?;
-        let d_a = col::<UInt32Array>(b, "d_in_aug", path)?;
-        let d_s = col::<UInt32Array>(b, "d_out", path)?;
-        let tokens = col::<UInt64Array>(b, "tokens", path)?;
-        let tpe = col::<Float64Array>(b, "tokens_per_example", path)?;
-        let ce = col::<UInt64Array>(b, "corrected_examples", path)?;
+        let name = column::<StringArray>(b, "layer", path)?;
+        let d_a = column::<UInt32Array>(b, "d_in_aug", path)?;
+        let d_s = column::<UInt32Array>(b, "d_out", path)?;
+        let tokens = column::<UInt64Array>(b, "tokens", path)?;
+        let tpe = column::<Float64Array>(b, "tokens_per_example", path)?;
+        let ce = column::<UInt64Array>(b, "corrected_examples", path)?;
         let lists = LISTS
             .iter()
-            .map(|n| col::<ListArray>(b, n, path))
+            .map(|n| column::<ListArray>(b, n, path))
             .collect::<Result<Vec<_>, _>>()?;
-        for a in [name as &dyn Array, d_a, d_s, tokens, tpe, ce] {
-            if a.null_count() > 0 {
-                return Err(StoreError::invalid(path, "layer", "null values"));
-            }
+        for (n, a) in [
+            ("layer", name as &dyn Array),
+            ("d_in_aug", d_a),
+            ("d_out", d_s),
+            ("tokens", tokens),
+            ("tokens_per_example", tpe),
+            ("corrected_examples", ce),
+        ] {
+            no_nulls(a, n, path)?;
         }
         for r in 0..b.num_rows() {
             let layer = name.value(r).to_owned();

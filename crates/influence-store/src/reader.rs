@@ -7,7 +7,7 @@ use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use influence_core::{RunInfo, WindowRecord};
 
-use crate::manifest::{MANIFEST, Manifest, ShardEntry, WindowEntry};
+use crate::manifest::{FileEntry, MANIFEST, Manifest, ShardEntry, WindowEntry};
 use crate::schema::{self, META_COLUMNS, SketchChunk};
 use crate::{StoreError, factors, ipc};
 
@@ -159,24 +159,24 @@ impl Store {
         Ok(record)
     }
 
+    fn checkpoint_entry(&self, window: u32) -> Result<&FileEntry, StoreError> {
+        self.window(window)?
+            .checkpoint
+            .as_ref()
+            .ok_or_else(|| StoreError::Missing {
+                path: self.dir.join(MANIFEST),
+                what: format!("checkpoint of window {window}"),
+            })
+    }
+
     /// The path of a window's checkpoint (a burnpack `.bpk` file for `Module::load_file`).
     pub fn checkpoint_path(&self, window: u32) -> Result<PathBuf, StoreError> {
-        let w = self.window(window)?;
-        let c = w.checkpoint.as_ref().ok_or_else(|| StoreError::Missing {
-            path: self.dir.join(MANIFEST),
-            what: format!("checkpoint of window {window}"),
-        })?;
-        Ok(self.dir.join(&c.file))
+        Ok(self.dir.join(&self.checkpoint_entry(window)?.file))
     }
 
     /// A window's checkpoint bytes (checksum verified).
     pub fn checkpoint(&self, window: u32) -> Result<Vec<u8>, StoreError> {
-        let w = self.window(window)?;
-        let c = w.checkpoint.as_ref().ok_or_else(|| StoreError::Missing {
-            path: self.dir.join(MANIFEST),
-            what: format!("checkpoint of window {window}"),
-        })?;
-        ipc::read_verified(&self.dir, c)
+        ipc::read_verified(&self.dir, self.checkpoint_entry(window)?)
     }
 
     /// Layer indices for `names` (all layers for `None`).

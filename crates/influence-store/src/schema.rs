@@ -235,7 +235,8 @@ impl SketchChunk {
     }
 }
 
-fn column<'a, T: 'static>(
+/// The column `name` of `batch` as an array of type `T`; errors name the file and column.
+pub(crate) fn column<'a, T: 'static>(
     batch: &'a RecordBatch,
     name: &str,
     path: &Path,
@@ -248,7 +249,8 @@ fn column<'a, T: 'static>(
     })
 }
 
-fn no_nulls(a: &dyn Array, name: &str, path: &Path) -> Result<(), StoreError> {
+/// Fails if `a` (the column `name`) holds nulls.
+pub(crate) fn no_nulls(a: &dyn Array, name: &str, path: &Path) -> Result<(), StoreError> {
     if a.null_count() > 0 {
         return Err(StoreError::invalid(
             path,
