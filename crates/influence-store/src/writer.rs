@@ -654,8 +654,13 @@ impl Worker {
             Msg::Begin(run) => {
                 self.schema = Some(schema::sketch_schema(&run, self.config.dtype));
                 if let Some(m) = &self.manifest {
-                    // Resumed: keep the manifest's dtype (the shards must agree).
+                    // Resumed: keep the manifest's dtype (all shards of a store share it).
                     if m.dtype != self.config.dtype {
+                        tracing::warn!(
+                            store = m.dtype.name(),
+                            config = self.config.dtype.name(),
+                            "resumed store keeps its dtype; the configured one is ignored"
+                        );
                         self.schema = Some(schema::sketch_schema(&run, m.dtype));
                         self.config.dtype = m.dtype;
                     }
