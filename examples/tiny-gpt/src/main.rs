@@ -66,6 +66,11 @@ fn main() -> Result<()> {
     if args.resume && !matches!(args.train_loop, Loop::Manual) {
         anyhow::bail!("--resume works with --loop manual");
     }
+    if args.resume && args.no_hook {
+        anyhow::bail!(
+            "--resume continues the influence store; it cannot be combined with --no-hook"
+        );
+    }
     let mut config = match &args.config {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?;
