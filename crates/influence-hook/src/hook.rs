@@ -304,13 +304,13 @@ fn scale_of(reduction: LossReduction, batch: &StepBatch, valid: usize) -> f32 {
 }
 
 /// `(layer index, input [b, s, d_in], output gradient [b, s, d_out])` of every tracked call.
-type LayerGrads = Vec<(usize, Tensor<3>, Tensor<3>)>;
+pub(crate) type LayerGrads = Vec<(usize, Tensor<3>, Tensor<3>)>;
 
 /// Probe gradients, rescaled to the per-document sum loss, with the matching inputs.
-fn gradients(
+pub(crate) fn gradients(
     captures: Vec<Captured>,
     grads: &mut Gradients,
-    layers: &[LayerDev],
+    names: &[String],
     scale: f32,
 ) -> Result<LayerGrads, HookError> {
     captures
@@ -319,7 +319,7 @@ fn gradients(
             let g = c
                 .probe
                 .grad_remove(grads)
-                .ok_or_else(|| HookError::NoGradient(layers[c.layer].spec.name.clone()))?;
+                .ok_or_else(|| HookError::NoGradient(names[c.layer].clone()))?;
             let g = if scale == 1.0 { g } else { g * scale };
             Ok((c.layer, c.input, g))
         })
@@ -327,6 +327,10 @@ fn gradients(
 }
 
 impl<B: Clone + Send + 'static> State<B> {
+    fn names(&self) -> Vec<String> {
+        self.layers.iter().map(|l| l.spec.name.clone()).collect()
+    }
+
     fn check(&self) -> Result<(), HookError> {
         match (&self.failed, self.finished) {
             (Some(e), _) => Err(HookError::Failed(e.clone())),
@@ -396,7 +400,7 @@ impl<B: Clone + Send + 'static> State<B> {
         }
         let segs = Segments::new(batch, &device)?;
         let scale = scale_of(self.config.loss_reduction, batch, segs.valid.len());
-        let captured = gradients(captures, grads, &self.layers, scale)?;
+        let captured = gradients(captures, grads, &self.names(), scale)?;
 
         let in_window = self.step - self.window.first_step;
         let factor_step = self.config.factors && in_window.is_multiple_of(self.config.factor_every);
@@ -631,7 +635,7 @@ impl<B: Clone + Send + 'static> State<B> {
             let mut grads = loss.backward();
             let segs = Segments::new(batch, &device)?;
             let scale = scale_of(self.config.loss_reduction, batch, segs.valid.len());
-            out.push((gradients(captures, &mut grads, &self.layers, scale)?, segs));
+            out.push((gradients(captures, &mut grads, &self.names(), scale)?, segs));
         }
         Ok(out)
     }

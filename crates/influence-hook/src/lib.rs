@@ -57,10 +57,12 @@
 mod config;
 mod hook;
 mod kernels;
+mod probe;
 mod tap;
 
 pub use config::{HookConfig, SketchSize};
 pub use hook::{DocRef, FitLabels, FitLoss, Hook, StepBatch};
+pub use probe::{DocumentGradients, Probe};
 pub use tap::{LayerTap, Tap, TrackedLinear};
 
 /// Errors of the hook; each names the layer, field or call at fault.

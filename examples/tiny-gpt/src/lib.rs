@@ -10,5 +10,6 @@ pub mod corpus;
 pub mod data;
 pub mod learner;
 pub mod model;
+pub mod task;
 pub mod tokenizer;
 pub mod train;

@@ -1,0 +1,102 @@
+//! What a user sets for scoring: [`ScoreConfig`] (serde, defaults, builder setters).
+
+use influence_ekfac::{Damping, Strategy};
+use serde::{Deserialize, Serialize};
+
+use crate::AnalyzerError;
+
+/// How queries are scored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScoreConfig {
+    /// Curvature approximation: `ekfac` (default), `kfac`, `diagonal` or `identity`.
+    pub strategy: Strategy,
+    /// Damping; default `0.1 × mean(Λ)` per layer.
+    pub damping: Damping,
+    /// Keep only the top `rank` singular directions of each preconditioned query gradient.
+    pub rank: Option<usize>,
+    /// Documents kept at the top of each query's ranking.
+    pub top_k: usize,
+    /// Documents kept at the bottom (most negative) of each query's ranking.
+    pub bottom_k: usize,
+    /// Weight each row by the learning rate of its step (TracIn-style).
+    pub lr_weighting: bool,
+    /// Windows to score (default: every complete window).
+    pub windows: Option<Vec<u32>>,
+    /// Queries per forward/backward pass when computing query gradients.
+    pub query_batch: usize,
+    /// Threads decoding shards (0: one per core, at most 8).
+    pub decode_threads: usize,
+}
+
+impl Default for ScoreConfig {
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::Ekfac,
+            damping: Damping::RelativeToMean(0.1),
+            rank: None,
+            top_k: 20,
+            bottom_k: 20,
+            lr_weighting: false,
+            windows: None,
+            query_batch: 8,
+            decode_threads: 0,
+        }
+    }
+}
+
+impl ScoreConfig {
+    /// Sets the strategy.
+    pub fn strategy(mut self, s: Strategy) -> Self {
+        self.strategy = s;
+        self
+    }
+
+    /// Sets the damping.
+    pub fn damping(mut self, d: Damping) -> Self {
+        self.damping = d;
+        self
+    }
+
+    /// Sets the top-k size.
+    pub fn top_k(mut self, k: usize) -> Self {
+        self.top_k = k;
+        self
+    }
+
+    /// Turns learning-rate weighting on or off.
+    pub fn lr_weighting(mut self, on: bool) -> Self {
+        self.lr_weighting = on;
+        self
+    }
+
+    /// Checks every field; errors name it.
+    pub fn validate(&self) -> Result<(), AnalyzerError> {
+        let bad = |name: &str, m: String| Err(AnalyzerError::argument(name, m));
+        match self.damping {
+            Damping::RelativeToMean(f) | Damping::Absolute(f) if !(f.is_finite() && f > 0.0) => {
+                return bad("damping", format!("must be positive and finite, got {f}"));
+            }
+            _ => {}
+        }
+        if self.rank == Some(0) {
+            return bad("rank", "must be at least 1".into());
+        }
+        if self.query_batch == 0 {
+            return bad("query_batch", "must be at least 1".into());
+        }
+        if self.windows.as_ref().is_some_and(Vec::is_empty) {
+            return bad("windows", "an empty list selects nothing".into());
+        }
+        Ok(())
+    }
+
+    /// Decode threads to use.
+    pub(crate) fn threads(&self) -> usize {
+        if self.decode_threads > 0 {
+            self.decode_threads
+        } else {
+            std::thread::available_parallelism().map_or(2, |n| n.get().min(8))
+        }
+    }
+}

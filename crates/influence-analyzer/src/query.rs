@@ -1,0 +1,364 @@
+//! Queries: reading them, their exact gradients at a checkpoint, and their preconditioned,
+//! projected form ready for scoring.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use burn::tensor::Device;
+use influence_core::{LayerSpec, ProjectionKind, RunInfo, WindowRecord};
+use influence_ekfac::{Preconditioner, low_rank};
+use influence_hook::Probe;
+use influence_store::Store;
+
+use crate::config::ScoreConfig;
+use crate::task::{Query, Task};
+use crate::{AnalyzerError, TaskError};
+
+/// Reads a JSON-lines file of queries (`{"id", "prompt", "completion", …}` per line; blank lines
+/// skipped). Errors name the line; ids must be unique and completions non-empty.
+pub fn read_queries(path: &Path) -> Result<Vec<Query>, AnalyzerError> {
+    let text = std::fs::read_to_string(path).map_err(AnalyzerError::io(path))?;
+    let mut out = Vec::new();
+    let mut ids = HashSet::new();
+    let err = |line: usize, message: String| AnalyzerError::Query {
+        path: path.to_path_buf(),
+        line,
+        message,
+    };
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let q: Query = serde_json::from_str(line).map_err(|e| err(i + 1, e.to_string()))?;
+        if q.completion.is_empty() {
+            return Err(err(i + 1, format!("query {:?}: empty completion", q.id)));
+        }
+        if !ids.insert(q.id.clone()) {
+            return Err(err(i + 1, format!("duplicate query id {:?}", q.id)));
+        }
+        out.push(q);
+    }
+    if out.is_empty() {
+        return Err(err(0, "no queries in the file".into()));
+    }
+    Ok(out)
+}
+
+/// Exact gradients of the query losses `−log p(completion | prompt)` at one checkpoint.
+#[derive(Clone, Debug)]
+pub struct QueryGradients {
+    /// Tracked layers, in the store's order.
+    pub layers: Vec<LayerSpec>,
+    /// Per layer: `queries × d_out × d_in_aug`, row-major.
+    pub grads: Vec<Vec<f64>>,
+    /// Per query: `−log p(completion | prompt)` in nats.
+    pub nats: Vec<f64>,
+}
+
+/// Builds the model of `window`'s checkpoint with a probe on the store's layers, checking that
+/// the model's tracked layers are the store's.
+pub fn load_window_model<T: Task>(
+    task: &T,
+    store: &Store,
+    window: u32,
+    device: &Device,
+) -> Result<(T::Model, Probe), AnalyzerError> {
+    let run = store.run();
+    let names: Vec<String> = run.layers.iter().map(|l| l.name.clone()).collect();
+    let probe = Probe::new(&names);
+    let path = store.checkpoint_path(window)?;
+    let model = task
+        .load_model(&path, &probe.tap(), &device.clone().autodiff())
+        .map_err(AnalyzerError::task(format!(
+            "loading the checkpoint {}",
+            path.display()
+        )))?;
+    check_layers(run, &probe.layers())?;
+    Ok((model, probe))
+}
+
+fn check_layers(run: &RunInfo, model: &[LayerSpec]) -> Result<(), AnalyzerError> {
+    for l in &run.layers {
+        match model.iter().find(|m| m.name == l.name) {
+            None => {
+                return Err(AnalyzerError::Mismatch(format!(
+                    "the store's layer {} is not a TrackedLinear of the model (model tracks: {})",
+                    l.name,
+                    model
+                        .iter()
+                        .map(|m| m.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            Some(m) if (m.d_in, m.d_out, m.bias) != (l.d_in, l.d_out, l.bias) => {
+                return Err(AnalyzerError::Mismatch(format!(
+                    "layer {}: the store has d_in={} d_out={} bias={}, the model d_in={} d_out={} bias={}",
+                    l.name, l.d_in, l.d_out, l.bias, m.d_in, m.d_out, m.bias
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Gradients of the query losses with respect to every tracked layer, `batch_size` queries per
+/// forward/backward pass.
+pub fn query_gradients<T: Task>(
+    task: &T,
+    model: &T::Model,
+    probe: &Probe,
+    queries: &[Query],
+    batch_size: usize,
+    device: &Device,
+) -> Result<QueryGradients, AnalyzerError> {
+    let specs = probe.layers();
+    let mut grads: Vec<Vec<f64>> = specs
+        .iter()
+        .map(|l| Vec::with_capacity(queries.len() * l.d_out * l.d_in_aug()))
+        .collect();
+    let mut nats = Vec::with_capacity(queries.len());
+    let device = device.clone().autodiff();
+    for chunk in queries.chunks(batch_size.max(1)) {
+        let (batch, step) = task
+            .query_batch(chunk, &device)
+            .map_err(AnalyzerError::task("building the query batch"))?;
+        if step.docs.len() != chunk.len() {
+            return Err(AnalyzerError::task("building the query batch")(
+                TaskError::from(format!(
+                    "{} queries but the batch describes {} documents",
+                    chunk.len(),
+                    step.docs.len()
+                )),
+            ));
+        }
+        probe.arm();
+        let nll = task.completion_nll(model, &batch);
+        let values: Vec<f32> = nll
+            .clone()
+            .detach()
+            .try_into_vec_as::<f32>()
+            .map_err(|e| AnalyzerError::Device(format!("reading query losses: {e:?}")))?;
+        let mut g = nll.sum().backward();
+        let dg = probe.document_gradients(&mut g, &step, 1.0)?;
+        // Rows come in order of first appearance; map them back to the chunk's order.
+        let mut row_of = vec![usize::MAX; chunk.len()];
+        for (r, &d) in dg.docs.iter().enumerate() {
+            row_of[d] = r;
+        }
+        for (qi, &r) in row_of.iter().enumerate() {
+            if r == usize::MAX {
+                return Err(AnalyzerError::argument(
+                    "queries",
+                    format!("query {:?} has no tokens in its batch", chunk[qi].id),
+                ));
+            }
+            let n: f64 = step
+                .doc_index
+                .iter()
+                .zip(&values)
+                .filter(|(d, _)| **d == qi as i32)
+                .map(|(_, v)| f64::from(*v))
+                .sum();
+            nats.push(n);
+            for (l, spec) in specs.iter().enumerate() {
+                let len = spec.d_out * spec.d_in_aug();
+                grads[l].extend(
+                    dg.grads[l][r * len..(r + 1) * len]
+                        .iter()
+                        .map(|&v| f64::from(v)),
+                );
+            }
+        }
+    }
+    Ok(QueryGradients {
+        layers: specs,
+        grads,
+        nats,
+    })
+}
+
+/// Query gradients of one window, preconditioned and projected: what the scorer needs.
+#[derive(Clone, Debug)]
+pub struct PreparedQueries {
+    /// The window whose checkpoint and factors were used.
+    pub window: u32,
+    /// Per store layer: `queries × k_g × k_a` (f32): `P_gᵀ Q̃ P_a`.
+    pub sketches: Vec<Vec<f32>>,
+    /// Per store layer: `queries × d_out × d_in_aug` preconditioned gradients `Q̃` (f32), for
+    /// token-wise influence.
+    pub preconditioned: Vec<Vec<f32>>,
+    /// Per query: `−log p(completion | prompt)` at this checkpoint.
+    pub nats: Vec<f64>,
+    /// Per store layer: the damping `λ` used.
+    pub damping: Vec<f64>,
+}
+
+impl PreparedQueries {
+    /// Number of queries.
+    pub fn len(&self) -> usize {
+        self.nats.len()
+    }
+
+    /// Whether there are no queries.
+    pub fn is_empty(&self) -> bool {
+        self.nats.is_empty()
+    }
+}
+
+/// Preconditions `grads` with the window's factors, optionally truncates each to rank `r`,
+/// and projects it with the store's seeded projections.
+pub fn prepare(
+    run: &RunInfo,
+    factors: &WindowRecord,
+    grads: &QueryGradients,
+    config: &ScoreConfig,
+) -> Result<PreparedQueries, AnalyzerError> {
+    let nq = grads.nats.len();
+    let mut sketches = Vec::with_capacity(run.layers.len());
+    let mut preconditioned = Vec::with_capacity(run.layers.len());
+    let mut damping = Vec::with_capacity(run.layers.len());
+    for (li, spec) in run.layers.iter().enumerate() {
+        let gi = grads
+            .layers
+            .iter()
+            .position(|l| l.name == spec.name)
+            .ok_or_else(|| {
+                AnalyzerError::Mismatch(format!("no query gradient for layer {}", spec.name))
+            })?;
+        let lf = factors
+            .layers
+            .iter()
+            .find(|f| f.name == spec.name)
+            .ok_or_else(|| {
+                AnalyzerError::Mismatch(format!(
+                    "window {} has no factors for layer {}",
+                    factors.window, spec.name
+                ))
+            })?;
+        let pre = Preconditioner::new(lf, config.strategy, config.damping)?;
+        damping.push(pre.damping());
+        let (d_out, d_in) = (spec.d_out, spec.d_in_aug());
+        let (pa, pg) = run.projections(li).ok_or_else(|| {
+            AnalyzerError::Mismatch(format!("layer {}: cannot rebuild projections", spec.name))
+        })?;
+        let mut sk = Vec::with_capacity(nq * spec.sketch_len());
+        let mut pc = Vec::with_capacity(nq * d_out * d_in);
+        for q in 0..nq {
+            let g = &grads.grads[gi][q * d_out * d_in..(q + 1) * d_out * d_in];
+            let mut x = pre.apply(g)?;
+            if let Some(r) = config.rank {
+                x = low_rank(&x, d_out, d_in, r)?;
+            }
+            pc.extend(x.iter().map(|&v| v as f32));
+            if run.projection == ProjectionKind::Identity {
+                sk.extend(x.iter().map(|&v| v as f32));
+            } else {
+                sk.extend(project(
+                    &x, d_out, d_in, &pg.values, spec.k_g, &pa.values, spec.k_a,
+                ));
+            }
+        }
+        sketches.push(sk);
+        preconditioned.push(pc);
+    }
+    Ok(PreparedQueries {
+        window: factors.window,
+        sketches,
+        preconditioned,
+        nats: grads.nats.clone(),
+        damping,
+    })
+}
+
+/// `P_gᵀ X P_a` (`k_g × k_a`) of `X` (`d_out × d_in`), projections row-major `d × k`.
+pub fn project(
+    x: &[f64],
+    d_out: usize,
+    d_in: usize,
+    pg: &[f32],
+    k_g: usize,
+    pa: &[f32],
+    k_a: usize,
+) -> Vec<f32> {
+    // T = X P_a  (d_out × k_a)
+    let mut t = vec![0.0f64; d_out * k_a];
+    for i in 0..d_out {
+        let row = &x[i * d_in..(i + 1) * d_in];
+        let ti = &mut t[i * k_a..(i + 1) * k_a];
+        for (j, &xv) in row.iter().enumerate() {
+            if xv == 0.0 {
+                continue;
+            }
+            for (tv, &p) in ti.iter_mut().zip(&pa[j * k_a..(j + 1) * k_a]) {
+                *tv += xv * f64::from(p);
+            }
+        }
+    }
+    // P_gᵀ T  (k_g × k_a)
+    let mut out = vec![0.0f64; k_g * k_a];
+    for i in 0..d_out {
+        let ti = &t[i * k_a..(i + 1) * k_a];
+        for (a, &p) in pg[i * k_g..(i + 1) * k_g].iter().enumerate() {
+            let p = f64::from(p);
+            for (o, &tv) in out[a * k_a..(a + 1) * k_a].iter_mut().zip(ti) {
+                *o += p * tv;
+            }
+        }
+    }
+    out.into_iter().map(|v| v as f32).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `P_gᵀ X P_a` against a triple loop.
+    #[test]
+    fn projection_matches_the_definition() {
+        let (d_out, d_in, k_g, k_a) = (3, 4, 2, 3);
+        let x: Vec<f64> = (0..d_out * d_in).map(|i| (i as f64 * 0.37).sin()).collect();
+        let pg: Vec<f32> = (0..d_out * k_g).map(|i| (i as f32 * 0.71).cos()).collect();
+        let pa: Vec<f32> = (0..d_in * k_a).map(|i| (i as f32 * 0.13).sin()).collect();
+        let got = project(&x, d_out, d_in, &pg, k_g, &pa, k_a);
+        for a in 0..k_g {
+            for b in 0..k_a {
+                let mut want = 0.0f64;
+                for i in 0..d_out {
+                    for j in 0..d_in {
+                        want += f64::from(pg[i * k_g + a])
+                            * x[i * d_in + j]
+                            * f64::from(pa[j * k_a + b]);
+                    }
+                }
+                assert!((f64::from(got[a * k_a + b]) - want).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn query_file_errors_name_the_line() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("q.jsonl");
+        std::fs::write(&p, "{\"id\":\"a\",\"prompt\":\"x\",\"completion\":\"y\",\"group\":\"g\"}\n\n{\"id\":\"a\",\"prompt\":\"x\",\"completion\":\"z\"}\n").expect("write");
+        let err = read_queries(&p).expect_err("duplicate");
+        assert!(
+            err.to_string().contains("q.jsonl:3: duplicate query id"),
+            "{err}"
+        );
+        std::fs::write(&p, "{\"id\":\"a\",\"prompt\":\"x\"}\n").expect("write");
+        let err = read_queries(&p).expect_err("missing");
+        assert!(
+            err.to_string().contains(":1:") && err.to_string().contains("completion"),
+            "{err}"
+        );
+        std::fs::write(
+            &p,
+            "{\"id\":\"a\",\"prompt\":\"x\",\"completion\":\"y\",\"group\":\"g\"}\n",
+        )
+        .expect("write");
+        let q = read_queries(&p).expect("ok");
+        assert_eq!(q[0].extra["group"], "g");
+    }
+}

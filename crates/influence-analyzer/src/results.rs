@@ -1,0 +1,240 @@
+//! What a query's analysis reports, and writing it as JSON, CSV or Arrow.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, Float64Array, RecordBatch, StringArray, UInt32Array, UInt64Array};
+use arrow_schema::{DataType, Field, Schema};
+use serde::Serialize;
+
+use crate::AnalyzerError;
+use crate::analyze::Analysis;
+
+/// One ranked document of a query.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Ranked {
+    /// 1-based rank (from the top, or from the bottom for the bottom list).
+    pub rank: usize,
+    /// Document id.
+    pub doc_id: u64,
+    /// Source label.
+    pub source: String,
+    /// Influence: positive means training on the document made the completion more likely
+    /// (nats, to first order).
+    pub score: f64,
+    /// `score` divided by the completion's nats `−log p(completion | prompt)`.
+    pub score_per_nat: f64,
+    /// The score split by layer (store order).
+    pub per_layer: Vec<f64>,
+    /// Rows (training steps) of the document that were scored.
+    pub rows: u32,
+}
+
+/// The analysis of one query.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct QueryResult {
+    /// Query id.
+    pub id: String,
+    /// Prompt.
+    pub prompt: String,
+    /// Completion.
+    pub completion: String,
+    /// `−log p(completion | prompt)` at the latest scored checkpoint.
+    pub nats: f64,
+    /// Sum of the positive scores.
+    pub total_positive: f64,
+    /// Sum of the negative scores.
+    pub total_negative: f64,
+    /// Per layer (store order): the sum of all documents' scores.
+    pub layer_totals: Vec<f64>,
+    /// Highest-scoring documents, best first.
+    pub top: Vec<Ranked>,
+    /// Lowest-scoring documents, most negative first.
+    pub bottom: Vec<Ranked>,
+    /// The query's other fields.
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Everything `influence query` writes as JSON.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// Layer names, in store order (the order of every `per_layer` list).
+    pub layers: Vec<String>,
+    /// Scored documents.
+    pub documents: usize,
+    /// Windows scored.
+    pub windows: Vec<u32>,
+    /// Counters of the scoring pass.
+    pub stats: crate::scorer::ScoreStats,
+    /// One entry per query.
+    pub queries: Vec<QueryResult>,
+}
+
+impl Analysis {
+    fn ranked(&self, q: usize, d: usize, rank: usize) -> Ranked {
+        let s = &self.scores;
+        let score = s.score(d, q);
+        Ranked {
+            rank,
+            doc_id: s.docs[d].id,
+            source: s.docs[d].source.to_string(),
+            score,
+            score_per_nat: score / self.nats()[q],
+            per_layer: s.layer_scores(d, q).to_vec(),
+            rows: s.docs[d].rows,
+        }
+    }
+
+    /// The report of every query with its top-`top_k` and bottom-`bottom_k` documents.
+    pub fn report(&self, top_k: usize, bottom_k: usize) -> Report {
+        let s = &self.scores;
+        let queries = self
+            .queries
+            .iter()
+            .enumerate()
+            .map(|(q, query)| {
+                let col = s.column(q);
+                let mut layer_totals = vec![0.0; s.layers.len()];
+                for d in 0..s.docs.len() {
+                    for (t, v) in layer_totals.iter_mut().zip(s.layer_scores(d, q)) {
+                        *t += v;
+                    }
+                }
+                let rank = |list: Vec<usize>| {
+                    list.into_iter()
+                        .enumerate()
+                        .map(|(i, d)| self.ranked(q, d, i + 1))
+                        .collect()
+                };
+                QueryResult {
+                    id: query.id.clone(),
+                    prompt: query.prompt.clone(),
+                    completion: query.completion.clone(),
+                    nats: self.nats()[q],
+                    total_positive: col.iter().filter(|v| **v > 0.0).sum(),
+                    total_negative: col.iter().filter(|v| **v < 0.0).sum(),
+                    layer_totals,
+                    top: rank(s.top(q, top_k)),
+                    bottom: rank(s.bottom(q, bottom_k)),
+                    extra: query.extra.clone(),
+                }
+            })
+            .collect();
+        Report {
+            layers: s.layers.clone(),
+            documents: s.docs.len(),
+            windows: self.prepared.iter().map(|p| p.window).collect(),
+            stats: s.stats.clone(),
+            queries,
+        }
+    }
+}
+
+impl Report {
+    /// Writes the report as pretty JSON.
+    pub fn write_json(&self, path: &Path) -> Result<(), AnalyzerError> {
+        let text = serde_json::to_string_pretty(self).map_err(|e| AnalyzerError::Output {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        std::fs::write(path, text).map_err(AnalyzerError::io(path))
+    }
+
+    /// Writes one CSV line per (query, ranked document): `query_id, list, rank, doc_id, source,
+    /// score, score_per_nat, rows`, then one column per layer.
+    pub fn write_csv(&self, path: &Path) -> Result<(), AnalyzerError> {
+        let mut out = String::from("query_id,list,rank,doc_id,source,score,score_per_nat,rows");
+        for l in &self.layers {
+            out.push(',');
+            out.push_str(&csv_field(&format!("layer:{l}")));
+        }
+        out.push('\n');
+        for q in &self.queries {
+            for (list, items) in [("top", &q.top), ("bottom", &q.bottom)] {
+                for r in items {
+                    out.push_str(&format!(
+                        "{},{list},{},{},{},{},{},{}",
+                        csv_field(&q.id),
+                        r.rank,
+                        r.doc_id,
+                        csv_field(&r.source),
+                        r.score,
+                        r.score_per_nat,
+                        r.rows
+                    ));
+                    for v in &r.per_layer {
+                        out.push_str(&format!(",{v}"));
+                    }
+                    out.push('\n');
+                }
+            }
+        }
+        std::fs::write(path, out).map_err(AnalyzerError::io(path))
+    }
+}
+
+/// A CSV field, quoted when it holds a comma, quote or line break.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Writes the full score vectors as a zstd Arrow IPC file: one row per document (`doc_id`,
+/// `source`, `rows`) and one `score:<query id>` f64 column per query; the query nats are in
+/// the schema metadata (`burn_influence.nats`, a JSON object).
+pub fn write_scores_arrow(analysis: &Analysis, path: &Path) -> Result<(), AnalyzerError> {
+    let s = &analysis.scores;
+    let out_err = |e: &dyn std::fmt::Display| AnalyzerError::Output {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    let mut fields = vec![
+        Field::new("doc_id", DataType::UInt64, false),
+        Field::new("source", DataType::Utf8, false),
+        Field::new("rows", DataType::UInt32, false),
+    ];
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(UInt64Array::from_iter_values(s.docs.iter().map(|d| d.id))),
+        Arc::new(StringArray::from_iter_values(
+            s.docs.iter().map(|d| d.source.as_ref()),
+        )),
+        Arc::new(UInt32Array::from_iter_values(s.docs.iter().map(|d| d.rows))),
+    ];
+    for (q, query) in analysis.queries.iter().enumerate() {
+        fields.push(Field::new(
+            format!("score:{}", query.id),
+            DataType::Float64,
+            false,
+        ));
+        columns.push(Arc::new(Float64Array::from(s.column(q))));
+    }
+    let nats: serde_json::Map<String, serde_json::Value> = analysis
+        .queries
+        .iter()
+        .zip(analysis.nats())
+        .map(|(q, n)| (q.id.clone(), serde_json::Value::from(*n)))
+        .collect();
+    let meta = [(
+        "burn_influence.nats".to_string(),
+        serde_json::Value::Object(nats).to_string(),
+    )];
+    let schema = Arc::new(
+        Schema::new(fields).with_metadata(
+            meta.into_iter()
+                .collect::<std::collections::HashMap<_, _>>(),
+        ),
+    );
+    let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| out_err(&e))?;
+    let file = std::fs::File::create(path).map_err(AnalyzerError::io(path))?;
+    let options = arrow_ipc::writer::IpcWriteOptions::default()
+        .try_with_compression(Some(arrow_ipc::CompressionType::ZSTD))
+        .map_err(|e| out_err(&e))?;
+    let mut w = arrow_ipc::writer::FileWriter::try_new_with_options(file, &schema, options)
+        .map_err(|e| out_err(&e))?;
+    w.write(&batch).map_err(|e| out_err(&e))?;
+    w.finish().map_err(|e| out_err(&e))?;
+    Ok(())
+}

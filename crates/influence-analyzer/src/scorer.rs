@@ -1,0 +1,370 @@
+//! Streaming scorer: decodes shards in parallel (bounded), and scores every row against a batch
+//! of queries as one matmul per layer on the device.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use crossbeam_channel::{Receiver, bounded};
+use influence_store::{ShardEntry, SketchChunk, Store, StoreError};
+
+use crate::AnalyzerError;
+use crate::config::ScoreConfig;
+use crate::query::PreparedQueries;
+
+/// A training document seen in the store.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DocInfo {
+    /// Document id.
+    pub id: u64,
+    /// Source label.
+    pub source: Arc<str>,
+    /// Rows (steps in which it was trained on) scored.
+    pub rows: u32,
+    /// Loss-bearing tokens over those rows.
+    pub tokens: u64,
+}
+
+/// Counters of one scoring pass.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct ScoreStats {
+    /// Rows scored.
+    pub rows: u64,
+    /// Rows skipped because their window has no checkpoint/factors (an unfinished run).
+    pub skipped_rows: u64,
+    /// Shards read.
+    pub shards: usize,
+    /// Bytes of the shards read (compressed, on disk).
+    pub shard_bytes: u64,
+    /// Seconds spent reading and decoding, summed over decode threads.
+    pub decode_seconds: f64,
+    /// Seconds spent scoring (device upload, matmuls, read back, accumulation).
+    pub score_seconds: f64,
+    /// Wall-clock seconds of the whole pass.
+    pub wall_seconds: f64,
+    /// Decode threads used.
+    pub threads: usize,
+}
+
+/// Scores of every stored document against every query.
+#[derive(Clone, Debug)]
+pub struct Scores {
+    /// Layer names, in store order.
+    pub layers: Vec<String>,
+    /// Number of queries.
+    pub queries: usize,
+    /// Documents, in order of first appearance in the store.
+    pub docs: Vec<DocInfo>,
+    /// `docs × queries`: the influence of each document on each query (summed over the
+    /// document's rows, each scored against its own window).
+    pub totals: Vec<f64>,
+    /// `docs × queries × layers`: the same, split by layer.
+    pub per_layer: Vec<f64>,
+    /// Counters.
+    pub stats: ScoreStats,
+}
+
+impl Scores {
+    /// The score of document `d` (index into [`Scores::docs`]) for query `q`.
+    pub fn score(&self, d: usize, q: usize) -> f64 {
+        self.totals[d * self.queries + q]
+    }
+
+    /// The per-layer split of [`Scores::score`].
+    pub fn layer_scores(&self, d: usize, q: usize) -> &[f64] {
+        let l = self.layers.len();
+        let o = (d * self.queries + q) * l;
+        &self.per_layer[o..o + l]
+    }
+
+    /// Query `q`'s score for every document, in [`Scores::docs`] order.
+    pub fn column(&self, q: usize) -> Vec<f64> {
+        (0..self.docs.len()).map(|d| self.score(d, q)).collect()
+    }
+
+    /// Indices of the `k` highest-scoring documents of query `q`, best first (a bounded heap over
+    /// all documents).
+    pub fn top(&self, q: usize, k: usize) -> Vec<usize> {
+        top_k(self.docs.len(), k, |d| self.score(d, q))
+    }
+
+    /// Indices of the `k` lowest-scoring documents of query `q`, most negative first.
+    pub fn bottom(&self, q: usize, k: usize) -> Vec<usize> {
+        top_k(self.docs.len(), k, |d| -self.score(d, q))
+    }
+}
+
+/// Indices of the `k` largest `value(i)` for `i < n`, largest first; ties broken by index.
+pub fn top_k(n: usize, k: usize, value: impl Fn(usize) -> f64) -> Vec<usize> {
+    use std::cmp::{Ordering, Reverse};
+    use std::collections::BinaryHeap;
+    #[derive(PartialEq)]
+    struct Item(f64, usize);
+    impl Eq for Item {}
+    impl PartialOrd for Item {
+        fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+            Some(self.cmp(o))
+        }
+    }
+    impl Ord for Item {
+        fn cmp(&self, o: &Self) -> Ordering {
+            // Larger value first; on ties the smaller index ranks higher.
+            self.0.total_cmp(&o.0).then(o.1.cmp(&self.1))
+        }
+    }
+    if k == 0 {
+        return Vec::new();
+    }
+    let mut heap = BinaryHeap::with_capacity(k + 1);
+    for i in 0..n {
+        heap.push(Reverse(Item(value(i), i)));
+        if heap.len() > k {
+            heap.pop();
+        }
+    }
+    let mut out: Vec<Item> = heap.into_iter().map(|r| r.0).collect();
+    out.sort_by(|a, b| b.cmp(a));
+    out.into_iter().map(|i| i.1).collect()
+}
+
+/// Calls `f` with every selected shard's chunks, in manifest order, while `threads` threads
+/// read and decode ahead (at most `2 × threads` shards in memory). Returns the seconds spent
+/// decoding, summed over threads.
+pub fn for_each_shard(
+    store: &Store,
+    shards: &[&ShardEntry],
+    layers: &[usize],
+    threads: usize,
+    mut f: impl FnMut(&ShardEntry, Vec<SketchChunk>) -> Result<(), AnalyzerError>,
+) -> Result<f64, AnalyzerError> {
+    type Slot = Receiver<(Result<Vec<SketchChunk>, StoreError>, f64)>;
+    let threads = threads.max(1);
+    std::thread::scope(|scope| {
+        let (job_tx, job_rx) = bounded::<(usize, crossbeam_channel::Sender<_>)>(threads);
+        let (order_tx, order_rx) = bounded::<Slot>(threads);
+        scope.spawn(move || {
+            for i in 0..shards.len() {
+                let (tx, rx) = bounded(1);
+                // The consumer reads slots in order; when it stops early, both sends fail.
+                if order_tx.send(rx).is_err() || job_tx.send((i, tx)).is_err() {
+                    break;
+                }
+            }
+        });
+        for _ in 0..threads {
+            let job_rx = job_rx.clone();
+            scope.spawn(move || {
+                for (i, tx) in job_rx {
+                    let t = Instant::now();
+                    let r = store.read_shard(shards[i], layers);
+                    let _ = tx.send((r, t.elapsed().as_secs_f64()));
+                }
+            });
+        }
+        drop(job_rx);
+        let mut decode = 0.0;
+        for (i, slot) in order_rx.iter().enumerate() {
+            let (chunks, secs) = slot
+                .recv()
+                .map_err(|_| AnalyzerError::Device("a decode thread stopped".into()))?;
+            decode += secs;
+            f(shards[i], chunks?)?;
+        }
+        Ok(decode)
+    })
+}
+
+struct Accumulator {
+    nq: usize,
+    nl: usize,
+    index: HashMap<u64, usize>,
+    docs: Vec<DocInfo>,
+    totals: Vec<f64>,
+    per_layer: Vec<f64>,
+}
+
+impl Accumulator {
+    fn doc(&mut self, id: u64, source: &Arc<str>) -> usize {
+        if let Some(&d) = self.index.get(&id) {
+            return d;
+        }
+        let d = self.docs.len();
+        self.index.insert(id, d);
+        self.docs.push(DocInfo {
+            id,
+            source: source.clone(),
+            rows: 0,
+            tokens: 0,
+        });
+        self.totals.extend(std::iter::repeat_n(0.0, self.nq));
+        self.per_layer
+            .extend(std::iter::repeat_n(0.0, self.nq * self.nl));
+        d
+    }
+
+    /// `scores`: `rows × (layers · queries)`, layer-major within a row.
+    fn add(&mut self, chunk: &SketchChunk, scores: &[f32], lr_weighting: bool) {
+        let (nq, nl) = (self.nq, self.nl);
+        for r in 0..chunk.len() {
+            let d = self.doc(chunk.doc_ids[r], &chunk.sources[r]);
+            let info = &mut self.docs[d];
+            info.rows += 1;
+            info.tokens += u64::from(chunk.tokens[r]);
+            let w = if lr_weighting {
+                chunk.learning_rates[r]
+            } else {
+                1.0
+            };
+            let row = &scores[r * nl * nq..(r + 1) * nl * nq];
+            for l in 0..nl {
+                for q in 0..nq {
+                    let v = w * f64::from(row[l * nq + q]);
+                    self.per_layer[(d * nq + q) * nl + l] += v;
+                    self.totals[d * nq + q] += v;
+                }
+            }
+        }
+    }
+}
+
+/// Scores every row of the store's windows that `prepared` covers against the prepared
+/// queries, on `device`. `progress` is called with the rows scored so far after each shard.
+pub fn score_store(
+    store: &Store,
+    prepared: &[PreparedQueries],
+    config: &ScoreConfig,
+    device: &Device,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Scores, AnalyzerError> {
+    let wall = Instant::now();
+    let run = store.run();
+    let nl = run.layers.len();
+    let nq = prepared.first().map_or(0, PreparedQueries::len);
+    if nq == 0 || prepared.iter().any(|p| p.len() != nq) {
+        return Err(AnalyzerError::argument(
+            "queries",
+            "no queries, or a different number per window",
+        ));
+    }
+    let device = device.clone().inner();
+    // Per window and layer: Qᵀ as a `[k_g·k_a, queries]` tensor on the device.
+    let mut queries: HashMap<u32, Vec<Tensor<2>>> = HashMap::new();
+    for p in prepared {
+        let mut per_layer = Vec::with_capacity(nl);
+        for (l, spec) in run.layers.iter().enumerate() {
+            let kk = spec.sketch_len();
+            let values = p
+                .sketches
+                .get(l)
+                .filter(|s| s.len() == nq * kk)
+                .ok_or_else(|| {
+                    AnalyzerError::Mismatch(format!(
+                        "window {}: query sketches of layer {} do not have {nq}×{kk} values",
+                        p.window, spec.name
+                    ))
+                })?;
+            let t = Tensor::<2>::from_data(TensorData::new(values.clone(), [nq, kk]), &device);
+            per_layer.push(t.transpose());
+        }
+        queries.insert(p.window, per_layer);
+    }
+    let all_layers: Vec<usize> = (0..nl).collect();
+    let mut skipped = 0u64;
+    let shards: Vec<&ShardEntry> = store
+        .manifest()
+        .shards
+        .iter()
+        .filter(|s| {
+            let keep = queries.contains_key(&s.window);
+            if !keep
+                && config
+                    .windows
+                    .as_ref()
+                    .is_none_or(|w| w.contains(&s.window))
+            {
+                skipped += s.rows;
+            }
+            keep
+        })
+        .collect();
+    if skipped > 0 {
+        tracing::warn!(
+            rows = skipped,
+            "rows of windows without checkpoint or factors are not scored"
+        );
+    }
+    let mut acc = Accumulator {
+        nq,
+        nl,
+        index: HashMap::new(),
+        docs: Vec::new(),
+        totals: Vec::new(),
+        per_layer: Vec::new(),
+    };
+    let mut stats = ScoreStats {
+        skipped_rows: skipped,
+        threads: config.threads(),
+        ..ScoreStats::default()
+    };
+    let mut score_seconds = 0.0;
+    let decode = for_each_shard(
+        store,
+        &shards,
+        &all_layers,
+        config.threads(),
+        |shard, chunks| {
+            let t = Instant::now();
+            let q = &queries[&shard.window];
+            for chunk in &chunks {
+                if chunk.is_empty() {
+                    continue;
+                }
+                let rows = chunk.len();
+                let mut parts = Vec::with_capacity(nl);
+                for (l, spec) in run.layers.iter().enumerate() {
+                    let kk = spec.sketch_len();
+                    let k = Tensor::<2>::from_data(
+                        TensorData::new(chunk.sketches[l].clone(), [rows, kk]),
+                        &device,
+                    );
+                    parts.push(k.matmul(q[l].clone()));
+                }
+                let scores = Tensor::cat(parts, 1)
+                    .try_into_vec_as::<f32>()
+                    .map_err(|e| AnalyzerError::Device(format!("reading scores: {e:?}")))?;
+                acc.add(chunk, &scores, config.lr_weighting);
+                stats.rows += rows as u64;
+            }
+            stats.shards += 1;
+            stats.shard_bytes += shard.file.bytes;
+            score_seconds += t.elapsed().as_secs_f64();
+            progress(stats.rows);
+            Ok(())
+        },
+    )?;
+    stats.decode_seconds = decode;
+    stats.score_seconds = score_seconds;
+    stats.wall_seconds = wall.elapsed().as_secs_f64();
+    Ok(Scores {
+        layers: run.layers.iter().map(|l| l.name.clone()).collect(),
+        queries: nq,
+        docs: acc.docs,
+        totals: acc.totals,
+        per_layer: acc.per_layer,
+        stats,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::top_k;
+
+    #[test]
+    fn top_k_is_sorted_and_breaks_ties_by_index() {
+        let v = [0.5, 3.0, -1.0, 3.0, 2.0];
+        assert_eq!(top_k(v.len(), 3, |i| v[i]), vec![1, 3, 4]);
+        assert_eq!(top_k(v.len(), 10, |i| -v[i]), vec![2, 0, 4, 1, 3]);
+        assert!(top_k(v.len(), 0, |i| v[i]).is_empty());
+    }
+}

@@ -1,0 +1,607 @@
+//! The `influence` command line, for any model that implements [`influence_analyzer::Task`].
+//!
+//! A model crate provides a binary of three lines (the bundled GPT's is
+//! `examples/tiny-gpt/src/bin/influence.rs`):
+//!
+//! ```no_run
+//! # struct MyTask;
+//! # fn load(dir: &std::path::Path) -> anyhow::Result<MyTask> { unimplemented!() }
+//! # fn main_with_stub() {}
+//! // fn main() -> anyhow::Result<()> {
+//! //     influence_cli::main_with(|model_dir| MyTask::load(model_dir))
+//! // }
+//! ```
+//!
+//! Commands: `query` (score queries against a store; JSON, CSV or Arrow out), `sketch` (the
+//! post-hoc path: a store for a corpus at one checkpoint) and `inspect` (a store's summary,
+//! optionally verifying every checksum).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use influence_analyzer::device::DeviceName;
+use influence_analyzer::{
+    Damping, Progress, ScoreConfig, Strategy, Task, TokenScorer, analyze, read_queries,
+    sketch_corpus, write_scores_arrow,
+};
+use influence_core::ProjectionKind;
+use influence_hook::HookConfig;
+use influence_store::{SketchDtype, Store, StoreConfig, StoreWriter};
+
+/// Which documents shaped an answer: training-data influence from a burn-influence store.
+#[derive(Parser, Debug)]
+#[command(name = "influence", version, about)]
+pub struct Cli {
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `influence` commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Score queries (JSON lines: id, prompt, completion) against every stored document.
+    Query(QueryArgs),
+    /// Sketch a corpus at one checkpoint into a new store (post-hoc path).
+    Sketch(SketchArgs),
+    /// Summarise a store (and verify every checksum with --verify).
+    Inspect(InspectArgs),
+}
+
+/// Curvature approximations.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum StrategyArg {
+    /// EK-FAC: Kronecker eigenbasis, corrected eigenvalues.
+    Ekfac,
+    /// KFAC eigenvalues.
+    Kfac,
+    /// Diagonal of the EK-FAC matrix.
+    Diagonal,
+    /// No preconditioning (gradient dot product).
+    Identity,
+}
+
+/// Output formats of `query`.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    /// Top/bottom documents per query with per-layer splits (and token-wise scores).
+    Json,
+    /// One line per (query, ranked document).
+    Csv,
+    /// The full score vector of every query (one column per query).
+    Arrow,
+}
+
+/// Arguments of `influence query`.
+#[derive(Args, Debug)]
+pub struct QueryArgs {
+    /// The store directory.
+    #[arg(long)]
+    pub store: PathBuf,
+    /// Queries, one JSON object per line: {"id", "prompt", "completion", …}.
+    #[arg(long)]
+    pub queries: PathBuf,
+    /// Directory describing the model (default: the store's parent directory).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Write results here (format from --format, else from the extension: .json, .csv, .arrow).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// Scoring configuration (JSON, `ScoreConfig` fields); the flags below override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Documents kept at the top of each query's ranking.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Documents kept at the bottom of each query's ranking.
+    #[arg(long)]
+    pub bottom_k: Option<usize>,
+    /// Curvature approximation.
+    #[arg(long, value_enum)]
+    pub strategy: Option<StrategyArg>,
+    /// Damping as a multiple of the mean eigenvalue per layer (default 0.1).
+    #[arg(long, conflicts_with = "damping_absolute")]
+    pub damping: Option<f64>,
+    /// A fixed damping λ for every layer.
+    #[arg(long)]
+    pub damping_absolute: Option<f64>,
+    /// Truncate each preconditioned query gradient to this rank.
+    #[arg(long)]
+    pub rank: Option<usize>,
+    /// Weight each row by its step's learning rate (TracIn-style).
+    #[arg(long)]
+    pub lr_weighting: bool,
+    /// Windows to score (comma-separated; default all complete windows).
+    #[arg(long, value_delimiter = ',')]
+    pub windows: Option<Vec<u32>>,
+    /// Device: cpu, or wgpu / wgpu-cpu / cuda / cuda:N when built with those features.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Queries per gradient pass.
+    #[arg(long)]
+    pub query_batch: Option<usize>,
+    /// Shard decode threads (0: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Token-wise influence of each query's top N documents (JSON output), at the latest window.
+    #[arg(long, default_value_t = 0)]
+    pub token_wise: usize,
+    /// Documents printed per query.
+    #[arg(long, default_value_t = 5)]
+    pub show: usize,
+}
+
+/// Arguments of `influence sketch`.
+#[derive(Args, Debug)]
+pub struct SketchArgs {
+    /// The checkpoint to sketch at (a `.bpk` file, e.g. a store's `checkpoints/window-NNNNN.bpk`).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Directory describing the model.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The new store's directory (must not hold a store unless --overwrite).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace an existing store at --out.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Hook configuration (JSON, `HookConfig` fields); the flags below override it.
+    #[arg(long)]
+    pub hook_config: Option<PathBuf>,
+    /// Input-side sketch size.
+    #[arg(long)]
+    pub k_a: Option<usize>,
+    /// Output-side sketch size.
+    #[arg(long)]
+    pub k_g: Option<usize>,
+    /// Exact gradients instead of sketches (identity projections; small models only).
+    #[arg(long)]
+    pub full_rank: bool,
+    /// Projection seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Layers to track (`*` wildcards; repeat the flag); default every tracked layer.
+    #[arg(long)]
+    pub layers: Vec<String>,
+    /// Batches re-run for the corrected eigenvalues (default: all, up to 256).
+    #[arg(long)]
+    pub fit_batches: Option<usize>,
+    /// Sketch dtype: f32, f16 or bf16.
+    #[arg(long, default_value = "f16")]
+    pub dtype: String,
+    /// Sketch only the first N documents of the corpus.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Device: cpu, or wgpu / cuda when built with those features.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// Arguments of `influence inspect`.
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// The store directory.
+    #[arg(long)]
+    pub store: PathBuf,
+    /// Read every file and check its checksum and contents.
+    #[arg(long)]
+    pub verify: bool,
+    /// Print the manifest as JSON instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses the command line and runs it; `load` builds the task from a model directory.
+pub fn main_with<T: Task>(load: impl Fn(&Path) -> Result<T>) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    run(Cli::parse(), load)
+}
+
+/// Runs a parsed command line.
+pub fn run<T: Task>(cli: Cli, load: impl Fn(&Path) -> Result<T>) -> Result<()> {
+    match cli.command {
+        Command::Inspect(a) => inspect(&a),
+        Command::Query(a) => {
+            let model_dir = match &a.model {
+                Some(m) => m.clone(),
+                None => a
+                    .store
+                    .canonicalize()
+                    .with_context(|| format!("--store {}", a.store.display()))?
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default(),
+            };
+            let task = load(&model_dir).with_context(|| {
+                format!("loading the model description from {}", model_dir.display())
+            })?;
+            query(&task, &a)
+        }
+        Command::Sketch(a) => {
+            let task = load(&a.model).with_context(|| {
+                format!("loading the model description from {}", a.model.display())
+            })?;
+            sketch(&task, &a)
+        }
+    }
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg:>12} [{elapsed_precise}] {wide_bar} {pos}/{len} ({eta})")
+    {
+        pb.set_style(style);
+    }
+    pb.set_message(what.to_string());
+    pb
+}
+
+fn score_config(a: &QueryArgs) -> Result<ScoreConfig> {
+    let mut c = match &a.config {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("--config {}", p.display()))?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("--config {}: invalid", p.display()))?
+        }
+        None => ScoreConfig::default(),
+    };
+    if let Some(k) = a.top_k {
+        c.top_k = k;
+    }
+    if let Some(k) = a.bottom_k {
+        c.bottom_k = k;
+    }
+    if let Some(s) = a.strategy {
+        c.strategy = match s {
+            StrategyArg::Ekfac => Strategy::Ekfac,
+            StrategyArg::Kfac => Strategy::Kfac,
+            StrategyArg::Diagonal => Strategy::Diagonal,
+            StrategyArg::Identity => Strategy::Identity,
+        };
+    }
+    if let Some(d) = a.damping {
+        c.damping = Damping::RelativeToMean(d);
+    }
+    if let Some(d) = a.damping_absolute {
+        c.damping = Damping::Absolute(d);
+    }
+    if a.rank.is_some() {
+        c.rank = a.rank;
+    }
+    if a.lr_weighting {
+        c.lr_weighting = true;
+    }
+    if a.windows.is_some() {
+        c.windows = a.windows.clone();
+    }
+    if let Some(b) = a.query_batch {
+        c.query_batch = b;
+    }
+    if let Some(t) = a.threads {
+        c.decode_threads = t;
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+fn output_format(a: &QueryArgs) -> Result<Option<(PathBuf, Format)>> {
+    let Some(out) = &a.out else {
+        if a.format.is_some() {
+            bail!("--format needs --out");
+        }
+        return Ok(None);
+    };
+    let format = match a.format {
+        Some(f) => f,
+        None => match out.extension().and_then(|e| e.to_str()) {
+            Some("json") => Format::Json,
+            Some("csv") => Format::Csv,
+            Some("arrow") | Some("ipc") | Some("feather") => Format::Arrow,
+            _ => bail!(
+                "--out {}: say --format json|csv|arrow (or use one of those extensions)",
+                out.display()
+            ),
+        },
+    };
+    Ok(Some((out.clone(), format)))
+}
+
+fn query<T: Task>(task: &T, a: &QueryArgs) -> Result<()> {
+    let config = score_config(a)?;
+    let out = output_format(a)?;
+    let device = a.device.parse::<DeviceName>()?.device()?;
+    let store = Store::open(&a.store)?;
+    let queries = read_queries(&a.queries)?;
+    let rows: u64 = store.manifest().rows();
+    let windows = bar(0, "gradients");
+    let rows_bar = bar(rows, "rows");
+    let analysis = analyze(task, &store, &queries, &config, &device, &mut |p| match p {
+        Progress::Window { done, total, .. } => {
+            windows.set_length(total as u64);
+            windows.set_position(done as u64);
+        }
+        Progress::Rows { done, total } => {
+            rows_bar.set_length(total);
+            rows_bar.set_position(done);
+        }
+    })?;
+    windows.finish_and_clear();
+    rows_bar.finish_and_clear();
+    let mut report = analysis.report(config.top_k, config.bottom_k);
+    let corpus: HashMap<u64, influence_analyzer::Document> = task
+        .corpus()
+        .map_err(|e| anyhow::anyhow!("reading the corpus: {e}"))?
+        .into_iter()
+        .map(|d| (d.id, d))
+        .collect();
+
+    let mut token_wise = Vec::new();
+    if a.token_wise > 0 {
+        let last = analysis.prepared.last().context("no window was scored")?;
+        let scorer = TokenScorer::new(task, &store, last, &device)?;
+        for (qi, q) in report.queries.iter().enumerate() {
+            for r in q.top.iter().take(a.token_wise) {
+                let doc = corpus.get(&r.doc_id).with_context(|| {
+                    format!("document {} is not in the task's corpus", r.doc_id)
+                })?;
+                let t = scorer.score(doc)?;
+                token_wise.push(serde_json::json!({
+                    "query": q.id,
+                    "doc_id": r.doc_id,
+                    "window": last.window,
+                    "tokens": t.tokens,
+                    "scores": t.scores[qi],
+                }));
+            }
+        }
+    }
+
+    let s = &analysis.scores.stats;
+    println!(
+        "scored {} queries against {} documents ({} rows, {} shards, {:.1} MB) over {} window(s) in {:.2} s ({:.0} rows/s)",
+        queries.len(),
+        analysis.scores.docs.len(),
+        s.rows,
+        s.shards,
+        s.shard_bytes as f64 / 1e6,
+        analysis.prepared.len(),
+        s.wall_seconds,
+        s.rows as f64 / s.wall_seconds.max(1e-9)
+    );
+    for q in &report.queries {
+        println!(
+            "\n{}  {:?} → {:?}  (−log p = {:.3} nats)",
+            q.id, q.prompt, q.completion, q.nats
+        );
+        for r in q.top.iter().take(a.show) {
+            let text = corpus.get(&r.doc_id).map_or("", |d| d.text.as_str());
+            println!(
+                "  {:>3}. doc {:>6} {:<11} {:>+11.4e} ({:>+9.3e}/nat)  {}",
+                r.rank,
+                r.doc_id,
+                r.source,
+                r.score,
+                r.score_per_nat,
+                snippet(text, 70)
+            );
+        }
+    }
+    if let Some((path, format)) = out {
+        match format {
+            Format::Json => {
+                report.stats = s.clone();
+                let mut v = serde_json::to_value(&report)?;
+                if !token_wise.is_empty() {
+                    v["token_wise"] = serde_json::Value::Array(token_wise);
+                }
+                std::fs::write(&path, serde_json::to_string_pretty(&v)?)
+                    .with_context(|| format!("--out {}", path.display()))?;
+            }
+            Format::Csv => report.write_csv(&path)?,
+            Format::Arrow => write_scores_arrow(&analysis, &path)?,
+        }
+        println!("\nwrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn snippet(text: &str, n: usize) -> String {
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() > n {
+        format!("{}…", flat.chars().take(n).collect::<String>())
+    } else {
+        flat
+    }
+}
+
+fn sketch<T: Task>(task: &T, a: &SketchArgs) -> Result<()> {
+    let device = a.device.parse::<DeviceName>()?.device()?;
+    let mut hook = match &a.hook_config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("--hook-config {}", p.display()))?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("--hook-config {}: invalid", p.display()))?
+        }
+        None => HookConfig::default(),
+    };
+    if let Some(k) = a.k_a {
+        hook.k_a = k;
+    }
+    if let Some(k) = a.k_g {
+        hook.k_g = k;
+    }
+    if a.full_rank {
+        hook.projection = ProjectionKind::Identity;
+    }
+    if let Some(s) = a.seed {
+        hook.projection_seed = s;
+    }
+    if !a.layers.is_empty() {
+        hook.include = a.layers.clone();
+    }
+    hook.factor_every = 1;
+    let mut docs = task
+        .corpus()
+        .map_err(|e| anyhow::anyhow!("reading the corpus: {e}"))?;
+    if let Some(n) = a.limit {
+        docs.truncate(n);
+    }
+    let dtype = match a.dtype.as_str() {
+        "f32" => SketchDtype::F32,
+        "f16" => SketchDtype::F16,
+        "bf16" => SketchDtype::Bf16,
+        other => bail!("--dtype {other:?}: expected f32, f16 or bf16"),
+    };
+    if a.out.join(influence_store::MANIFEST).exists() {
+        if !a.overwrite {
+            bail!(
+                "--out {} already holds a store (use --overwrite)",
+                a.out.display()
+            );
+        }
+        std::fs::remove_dir_all(&a.out)
+            .with_context(|| format!("replacing {}", a.out.display()))?;
+    }
+    let store_config = StoreConfig {
+        dtype,
+        ..StoreConfig::default()
+    };
+    let writer = StoreWriter::create(&a.out, store_config)?;
+    let stats = writer.stats();
+    let pb = bar(0, "batches");
+    // The corrected eigenvalues average over these batches (the whole of a small corpus).
+    hook.fit_batches = a.fit_batches.unwrap_or(256);
+    let summary = sketch_corpus(
+        task,
+        &a.checkpoint,
+        &docs,
+        hook,
+        writer,
+        &device,
+        &mut |done, total| {
+            pb.set_length(total as u64);
+            pb.set_position(done as u64);
+        },
+    )?;
+    pb.finish_and_clear();
+    let store = Store::open(&a.out)?;
+    let s = stats.snapshot();
+    println!(
+        "sketched {} documents in {} batches at {} in {:.1} s: {} rows, {} layers, {:.1} MB in {}",
+        summary.documents,
+        summary.batches,
+        a.checkpoint.display(),
+        summary.seconds,
+        store.manifest().rows(),
+        store.run().layers.len(),
+        s.bytes_written as f64 / 1e6,
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn inspect(a: &InspectArgs) -> Result<()> {
+    let store = Store::open(&a.store)?;
+    let m = store.manifest();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(m)?);
+    } else {
+        println!(
+            "store {} (format {}, written by {})",
+            a.store.display(),
+            m.store_version,
+            m.created_by
+        );
+        println!(
+            "  {} rows in {} shards, {:.1} MB; sketches {} ({}), projection {:?} seed {:#x}; loss reduction {:?}; Fisher {:?}; {}",
+            m.rows(),
+            m.shards.len(),
+            m.shards.iter().map(|s| s.file.bytes).sum::<u64>() as f64 / 1e6,
+            m.dtype.name(),
+            m.compression,
+            m.run.projection,
+            m.run.projection_seed,
+            m.run.loss_reduction,
+            m.run.fisher,
+            if m.finished {
+                "finished"
+            } else {
+                "not finished (the run stopped or is still writing)"
+            }
+        );
+        println!("  layers ({}):", m.run.layers.len());
+        for l in &m.run.layers {
+            println!(
+                "    {:<24} {:>5} → {:<5} bias {:<5} sketch {}×{}",
+                l.name, l.d_in, l.d_out, l.bias, l.k_g, l.k_a
+            );
+        }
+        println!(
+            "  windows ({}, {} steps each):",
+            m.windows.len(),
+            m.run.window_steps
+        );
+        for w in &m.windows {
+            let rows: u64 = m
+                .shards
+                .iter()
+                .filter(|s| s.window == w.window)
+                .map(|s| s.rows)
+                .sum();
+            let lr = |f: fn(f64, f64) -> f64, init| w.learning_rates.iter().copied().fold(init, f);
+            println!(
+                "    {:>3}: steps {}–{}, {} rows, lr {:.2e}–{:.2e}, {}",
+                w.window,
+                w.first_step,
+                w.last_step,
+                rows,
+                lr(f64::min, f64::INFINITY),
+                lr(f64::max, 0.0),
+                if w.is_complete() {
+                    "checkpoint + factors"
+                } else {
+                    "factors only"
+                }
+            );
+        }
+        let dropped: u64 = m.dropped.iter().map(|d| d.rows).sum();
+        if dropped > 0 {
+            println!("  {dropped} rows dropped by the lossy writer");
+        }
+        for r in &m.resumes {
+            println!(
+                "  resumed at step {} (rolled back {} rows, removed {} files)",
+                r.step,
+                r.removed_rows,
+                r.removed_files.len()
+            );
+        }
+    }
+    if a.verify {
+        let r = store.verify()?;
+        println!(
+            "verified: {} shards, {} rows, {} factor files, {} checkpoints, {:.1} MB — every checksum and decode OK",
+            r.shards,
+            r.rows,
+            r.factor_files,
+            r.checkpoints,
+            r.bytes as f64 / 1e6
+        );
+    }
+    Ok(())
+}
