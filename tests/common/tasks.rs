@@ -50,15 +50,17 @@ pub struct LinearTask {
     pub batch: usize,
 }
 
+/// `"1 0 2"`: numbers separated by spaces.
+pub fn join(v: &[f32]) -> String {
+    v.iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// `"1 0 2 ; 0.5 -1"` for `x`, `y`.
 pub fn text_of(x: &[f32], y: &[f32]) -> String {
-    let j = |v: &[f32]| {
-        v.iter()
-            .map(|a| a.to_string())
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    format!("{} ; {}", j(x), j(y))
+    format!("{} ; {}", join(x), join(y))
 }
 
 fn numbers(s: &str, n: usize) -> Result<Vec<f32>, TaskError> {

@@ -1,0 +1,243 @@
+//! The streaming scorer against a brute-force host computation (f64 dot products, row by row),
+//! on a synthetic store with several windows, many small shards, documents repeated across steps
+//! and two layers of different sketch sizes; and, with feature `wgpu`, the GPU path against the
+//! CPU result.
+//!
+//! Tolerance: 1e-5 of the largest |score| per query. Scores are f32 matmuls of f32 sketches
+//! (a few hundred products per row) accumulated in f64 over a document's rows; f32 rounding is
+//! ~1e-7 relative per product, so 1e-5 is loose for rounding and tight for any wrong pairing of
+//! rows, windows, layers or queries (which move scores by O(1)).
+
+use burn::tensor::Device;
+use influence_analyzer::{PreparedQueries, ScoreConfig, Scores, score_store};
+use influence_core::{
+    FORMAT_VERSION, FisherLabels, LayerSpec, LossReduction, ProjectionKind, RunInfo, Sink,
+    SketchBatch, SketchRowMeta,
+};
+use influence_store::{SketchDtype, Store, StoreConfig, StoreWriter};
+use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
+
+const QUERIES: usize = 3;
+const WINDOW_STEPS: u64 = 10;
+
+fn run() -> RunInfo {
+    let layer = |name: &str, k_a, k_g| LayerSpec {
+        name: name.into(),
+        d_in: 8,
+        d_out: 8,
+        bias: true,
+        k_a,
+        k_g,
+    };
+    RunInfo {
+        format_version: FORMAT_VERSION,
+        layers: vec![layer("a", 4, 3), layer("b", 6, 5)],
+        projection_seed: 1,
+        projection: ProjectionKind::Rademacher,
+        loss_reduction: LossReduction::Sum,
+        window_steps: WINDOW_STEPS,
+        fisher: FisherLabels::Empirical,
+    }
+}
+
+/// A store of 30 steps (3 windows) with 1–6 documents per step drawn from 40 ids.
+fn store(dir: &std::path::Path) -> (Store, Vec<SketchBatch>) {
+    let run = run();
+    let mut rng = StdRng::seed_from_u64(7);
+    let config = StoreConfig {
+        dtype: SketchDtype::F32,
+        batch_rows: 8,
+        shard_rows: 16,
+        ..StoreConfig::default()
+    };
+    let mut w = StoreWriter::create(dir, config).expect("create");
+    w.begin(&run).expect("begin");
+    let mut batches = Vec::new();
+    for step in 0..30u64 {
+        let rows = rng.random_range(1..7usize);
+        let mut ids: Vec<u64> = (0..40).collect();
+        ids.shuffle(&mut rng);
+        let b = SketchBatch {
+            step,
+            window: (step / WINDOW_STEPS) as u32,
+            learning_rate: 0.01 / (1.0 + step as f64),
+            rows: ids[..rows]
+                .iter()
+                .map(|&id| SketchRowMeta {
+                    doc_id: id,
+                    loss: None,
+                    tokens: 10,
+                    source: ["x", "y"][(id % 2) as usize].into(),
+                })
+                .collect(),
+            sketches: run
+                .layers
+                .iter()
+                .map(|l| {
+                    (0..rows * l.sketch_len())
+                        .map(|_| rng.random_range(-1.0..1.0))
+                        .collect()
+                })
+                .collect(),
+        };
+        w.sketches(b.clone()).expect("sketches");
+        batches.push(b);
+    }
+    w.finish().expect("finish");
+    (Store::open(dir).expect("open"), batches)
+}
+
+fn prepared() -> Vec<PreparedQueries> {
+    let run = run();
+    let mut rng = StdRng::seed_from_u64(9);
+    (0..3)
+        .map(|window| PreparedQueries {
+            window,
+            sketches: run
+                .layers
+                .iter()
+                .map(|l| {
+                    (0..QUERIES * l.sketch_len())
+                        .map(|_| rng.random_range(-1.0..1.0))
+                        .collect()
+                })
+                .collect(),
+            preconditioned: Vec::new(),
+            nats: vec![1.0; QUERIES],
+            damping: vec![0.1; 2],
+        })
+        .collect()
+}
+
+/// Brute force: per document id, per query, per layer.
+fn reference(
+    batches: &[SketchBatch],
+    prepared: &[PreparedQueries],
+    lr: bool,
+) -> std::collections::BTreeMap<u64, Vec<Vec<f64>>> {
+    let run = run();
+    let mut out = std::collections::BTreeMap::new();
+    for b in batches {
+        let p = &prepared[b.window as usize];
+        for (r, row) in b.rows.iter().enumerate() {
+            let e = out
+                .entry(row.doc_id)
+                .or_insert_with(|| vec![vec![0.0; 2]; QUERIES]);
+            for (l, spec) in run.layers.iter().enumerate() {
+                let n = spec.sketch_len();
+                let k = &b.sketches[l][r * n..(r + 1) * n];
+                for (q, e) in e.iter_mut().enumerate() {
+                    let qs = &p.sketches[l][q * n..(q + 1) * n];
+                    let dot: f64 = k
+                        .iter()
+                        .zip(qs)
+                        .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                        .sum();
+                    e[l] += if lr { b.learning_rate * dot } else { dot };
+                }
+            }
+        }
+    }
+    out
+}
+
+fn check(s: &Scores, want: &std::collections::BTreeMap<u64, Vec<Vec<f64>>>) {
+    assert_eq!(s.docs.len(), want.len(), "every document once");
+    for q in 0..QUERIES {
+        let scale = want
+            .values()
+            .fold(0.0f64, |m, v| m.max(v[q].iter().sum::<f64>().abs()));
+        for (d, doc) in s.docs.iter().enumerate() {
+            let w = &want[&doc.id][q];
+            let total: f64 = w.iter().sum();
+            assert!(
+                (s.score(d, q) - total).abs() < 1e-5 * scale,
+                "doc {} query {q}",
+                doc.id
+            );
+            for (got, w) in s.layer_scores(d, q).iter().zip(w) {
+                assert!(
+                    (got - w).abs() < 1e-5 * scale,
+                    "doc {} query {q} layer split",
+                    doc.id
+                );
+            }
+        }
+        // The top and bottom lists are the reference's order.
+        let mut order: Vec<(u64, f64)> = want
+            .iter()
+            .map(|(id, v)| (*id, v[q].iter().sum()))
+            .collect();
+        order.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let top: Vec<u64> = s.top(q, 5).into_iter().map(|d| s.docs[d].id).collect();
+        assert_eq!(top, order[..5].iter().map(|x| x.0).collect::<Vec<_>>());
+        let bottom: Vec<u64> = s.bottom(q, 3).into_iter().map(|d| s.docs[d].id).collect();
+        assert_eq!(
+            bottom,
+            order.iter().rev().take(3).map(|x| x.0).collect::<Vec<_>>()
+        );
+    }
+}
+
+#[test]
+fn scorer_equals_brute_force_on_every_window_and_layer() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (store, batches) = store(dir.path());
+    assert!(store.manifest().shards.len() >= 6, "many shards");
+    let prepared = prepared();
+    let device = Device::flex();
+    for lr in [false, true] {
+        let config = ScoreConfig::default().lr_weighting(lr);
+        let s = score_store(&store, &prepared, &config, &device, &mut |_| {}).expect("score");
+        assert_eq!(
+            s.stats.rows,
+            batches.iter().map(|b| b.rows.len() as u64).sum::<u64>()
+        );
+        check(&s, &reference(&batches, &prepared, lr));
+    }
+    // Decoding with 1 or 3 threads gives bit-identical scores (shards are consumed in order).
+    let one = ScoreConfig {
+        decode_threads: 1,
+        ..ScoreConfig::default()
+    };
+    let three = ScoreConfig {
+        decode_threads: 3,
+        ..ScoreConfig::default()
+    };
+    let a = score_store(&store, &prepared, &one, &device, &mut |_| {}).expect("1");
+    let b = score_store(&store, &prepared, &three, &device, &mut |_| {}).expect("3");
+    assert_eq!(a.totals, b.totals);
+    // Only windows with prepared queries are scored.
+    let s = score_store(
+        &store,
+        &prepared[1..2],
+        &ScoreConfig::default(),
+        &device,
+        &mut |_| {},
+    )
+    .expect("w1");
+    let rows: u64 = batches
+        .iter()
+        .filter(|b| b.window == 1)
+        .map(|b| b.rows.len() as u64)
+        .sum();
+    assert_eq!(s.stats.rows, rows);
+}
+
+/// The GPU path (burn's wgpu backend; Mesa's software Vulkan in CI) equals the CPU result.
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_scores_equal_cpu_scores() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (store, batches) = store(dir.path());
+    let prepared = prepared();
+    let config = ScoreConfig::default();
+    let gpu = burn::tensor::Device::wgpu(burn::tensor::DeviceKind::Cpu);
+    let s = score_store(&store, &prepared, &config, &gpu, &mut |_| {}).expect("wgpu score");
+    check(&s, &reference(&batches, &prepared, false));
+    let cpu = score_store(&store, &prepared, &config, &Device::flex(), &mut |_| {}).expect("cpu");
+    let scale = cpu.totals.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    for (a, b) in s.totals.iter().zip(&cpu.totals) {
+        assert!((a - b).abs() < 1e-5 * scale, "wgpu {a} vs cpu {b}");
+    }
+}
