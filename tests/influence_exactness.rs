@@ -17,7 +17,7 @@ use burn::module::Module;
 use burn::tensor::Device;
 use influence_analyzer::query::{load_window_model, query_gradients};
 use influence_analyzer::{
-    Document, Query, ScoreConfig, Scores, Strategy, Task, analyze, sketch_corpus,
+    Document, Query, ScoreConfig, Scores, Strategy, Task, TokenScorer, analyze, sketch_corpus,
 };
 use influence_core::{ProjectionKind, WindowRecord};
 use influence_hook::{HookConfig, Tap};
@@ -254,6 +254,25 @@ fn ekfac_scores_equal_a_dense_solve_in_the_gpt() {
             e < 1e-4,
             "query {qi}: EK-FAC vs dense solve, max rel err {e:.2e}"
         );
+    }
+
+    // Token-wise influence: the per-position scores of a document, re-run alone at the
+    // checkpoint, sum to its (exact-gradient) score.
+    let tokens = TokenScorer::new(&g.task, &store, &prepared, &device).expect("token scorer");
+    for doc in g.task.docs.iter().take(6) {
+        let t = tokens.score(doc).expect("token-wise");
+        assert_eq!(t.tokens.len(), t.scores[0].len());
+        let d = s.docs.iter().position(|x| x.id == doc.id).expect("doc");
+        for qi in 0..g.queries.len() {
+            let sum: f64 = t.scores[qi].iter().map(|&v| f64::from(v)).sum();
+            let scale = (0..s.docs.len()).fold(0.0f64, |m, x| m.max(s.score(x, qi).abs()));
+            assert!(
+                (sum - s.score(d, qi)).abs() < 1e-4 * scale,
+                "doc {} query {qi}: tokens sum to {sum}, score {}",
+                doc.id,
+                s.score(d, qi)
+            );
+        }
     }
 }
 

@@ -91,8 +91,8 @@ impl ScoreConfig {
         Ok(())
     }
 
-    /// Decode threads to use.
-    pub(crate) fn threads(&self) -> usize {
+    /// Decode threads to use: `decode_threads`, or one per core (at most 8) when 0.
+    pub fn decode_threads_or_default(&self) -> usize {
         if self.decode_threads > 0 {
             self.decode_threads
         } else {

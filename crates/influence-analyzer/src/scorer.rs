@@ -304,7 +304,7 @@ pub fn score_store(
     };
     let mut stats = ScoreStats {
         skipped_rows: skipped,
-        threads: config.threads(),
+        threads: config.decode_threads_or_default(),
         ..ScoreStats::default()
     };
     let mut score_seconds = 0.0;
@@ -312,7 +312,7 @@ pub fn score_store(
         store,
         &shards,
         &all_layers,
-        config.threads(),
+        config.decode_threads_or_default(),
         |shard, chunks| {
             let t = Instant::now();
             let q = &queries[&shard.window];

@@ -214,6 +214,8 @@ pub fn run<T: Task>(cli: Cli, load: impl Fn(&Path) -> Result<T>) -> Result<()> {
     match cli.command {
         Command::Inspect(a) => inspect(&a),
         Command::Query(a) => {
+            // The store first: a wrong --store is reported as such, not as a missing model.
+            let store = Store::open(&a.store)?;
             let model_dir = match &a.model {
                 Some(m) => m.clone(),
                 None => a
@@ -227,7 +229,7 @@ pub fn run<T: Task>(cli: Cli, load: impl Fn(&Path) -> Result<T>) -> Result<()> {
             let task = load(&model_dir).with_context(|| {
                 format!("loading the model description from {}", model_dir.display())
             })?;
-            query(&task, &a)
+            query(&task, &store, &a)
         }
         Command::Sketch(a) => {
             let task = load(&a.model).with_context(|| {
@@ -320,16 +322,15 @@ fn output_format(a: &QueryArgs) -> Result<Option<(PathBuf, Format)>> {
     Ok(Some((out.clone(), format)))
 }
 
-fn query<T: Task>(task: &T, a: &QueryArgs) -> Result<()> {
+fn query<T: Task>(task: &T, store: &Store, a: &QueryArgs) -> Result<()> {
     let config = score_config(a)?;
     let out = output_format(a)?;
     let device = a.device.parse::<DeviceName>()?.device()?;
-    let store = Store::open(&a.store)?;
     let queries = read_queries(&a.queries)?;
     let rows: u64 = store.manifest().rows();
     let windows = bar(0, "gradients");
     let rows_bar = bar(rows, "rows");
-    let analysis = analyze(task, &store, &queries, &config, &device, &mut |p| match p {
+    let analysis = analyze(task, store, &queries, &config, &device, &mut |p| match p {
         Progress::Window { done, total, .. } => {
             windows.set_length(total as u64);
             windows.set_position(done as u64);
@@ -352,7 +353,7 @@ fn query<T: Task>(task: &T, a: &QueryArgs) -> Result<()> {
     let mut token_wise = Vec::new();
     if a.token_wise > 0 {
         let last = analysis.prepared.last().context("no window was scored")?;
-        let scorer = TokenScorer::new(task, &store, last, &device)?;
+        let scorer = TokenScorer::new(task, store, last, &device)?;
         for (qi, q) in report.queries.iter().enumerate() {
             for r in q.top.iter().take(a.token_wise) {
                 let doc = corpus.get(&r.doc_id).with_context(|| {

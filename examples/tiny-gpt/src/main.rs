@@ -54,7 +54,17 @@ struct Args {
     /// Read the whole configuration from a JSON file (as written to OUT/config.json).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Queries to answer from the store after training (JSON lines; default: the bundled
+    /// `examples/tiny-gpt/queries.jsonl`, copied to OUT/queries.jsonl).
+    #[arg(long)]
+    queries: Option<PathBuf>,
+    /// Train only; do not query the store.
+    #[arg(long)]
+    no_query: bool,
 }
+
+/// The bundled queries (paper-style factual, arithmetic, slope, linear-equation and control).
+const QUERIES: &str = include_str!("../queries.jsonl");
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -203,5 +213,32 @@ fn main() -> Result<()> {
         println!("store written to {}", store_dir.display());
     }
     println!("wrote {}", args.out.display());
+
+    if store.is_some() && !args.no_query {
+        let queries = match &args.queries {
+            Some(q) => q.clone(),
+            None => {
+                let q = args.out.join("queries.jsonl");
+                std::fs::write(&q, QUERIES).with_context(|| format!("{}", q.display()))?;
+                q
+            }
+        };
+        let out = args.out.join("influence.json");
+        println!(
+            "\nanswering {} from the store (the influence command):",
+            queries.display()
+        );
+        let mut argv: Vec<std::ffi::OsString> = ["influence", "query", "--show", "3", "--store"]
+            .iter()
+            .map(Into::into)
+            .collect();
+        argv.push(store_dir.clone().into());
+        argv.push("--queries".into());
+        argv.push(queries.into());
+        argv.push("--out".into());
+        argv.push(out.into());
+        let cli = influence_cli::Cli::try_parse_from(argv)?;
+        influence_cli::run(cli, tiny_gpt::task::GptTask::from_run_dir)?;
+    }
     Ok(())
 }

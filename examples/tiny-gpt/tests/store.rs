@@ -13,7 +13,7 @@ const STEPS: &str = "160";
 
 fn tiny_gpt(out: &Path, resume: bool) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_tiny-gpt"));
-    c.args(["--preset", "tiny", "--steps", STEPS, "--out"])
+    c.args(["--preset", "tiny", "--no-query", "--steps", STEPS, "--out"])
         .arg(out)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
