@@ -100,8 +100,8 @@ fn dense_ekfac(factors: &WindowRecord, grads: &[Vec<f64>], damping: &[f64]) -> V
         for r in 0..n {
             for c in 0..n {
                 let mut acc = if r == c { damping[l] } else { 0.0 };
-                for e in 0..n {
-                    acc += q(r, e) * lam[e] * q(c, e);
+                for (e, lam_e) in lam.iter().enumerate() {
+                    acc += q(r, e) * lam_e * q(c, e);
                 }
                 dense[r * n + c] = acc;
             }

@@ -422,7 +422,7 @@ mod tests {
         let mut m = vec![0.0; rows * cols];
         m[2 * cols + 1] = 5.0;
         m[3] = 3.0;
-        m[1 * cols] = 1.0;
+        m[cols] = 1.0;
         let r2 = low_rank(&m, rows, cols, 2).expect("svd");
         let mut want = m.clone();
         want[cols] = 0.0;
