@@ -11,7 +11,7 @@
 //! * `scoring/score_8_queries`: the same pass scoring every row against 8 queries (one matmul
 //!   per layer on the CPU device, accumulation per document, top-k).
 //!   Throughput in rows/s (criterion) and MB/s of shards (printed).
-//! * Printed once: re-sketching the corpus with the post-hoc path at the checkpoint vs answering
+//! * Printed once: re-sketching the corpus (all 3,100 documents) with the post-hoc path at the checkpoint vs answering
 //!   the same 8 queries from the stored sketches (query gradients + scoring).
 
 // criterion's macros generate undocumented public functions.
@@ -30,10 +30,10 @@ use influence_store::{ReadOptions, Store, StoreConfig, StoreWriter};
 use tiny_gpt::task::GptTask;
 use tiny_gpt::train::{TrainConfig, prepare};
 
-/// Documents sketched post hoc (a quarter of the CPU preset's corpus).
-const DOCS: usize = 800;
-/// Copies of those rows in the scoring store (with new steps), for a store of real size.
-const COPIES: u64 = 16;
+/// Documents sketched post hoc: the CPU preset's whole corpus.
+const DOCS: usize = 3100;
+/// Copies of those rows in the scoring store (with new steps), for a store of the example's size.
+const COPIES: u64 = 8;
 
 fn bench(c: &mut Criterion) {
     let config = TrainConfig::cpu();
@@ -130,7 +130,8 @@ fn bench(c: &mut Criterion) {
     );
 
     let mut g = c.benchmark_group("scoring");
-    g.sample_size(10);
+    g.sample_size(10)
+        .measurement_time(std::time::Duration::from_secs(15));
     g.throughput(Throughput::Elements(rows_total));
     g.bench_function("decode_only", |b| {
         b.iter(|| for_each_shard(&big, &shards, &layers, threads, |_, _| Ok(())).expect("decode"))
