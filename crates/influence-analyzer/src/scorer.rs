@@ -316,7 +316,7 @@ pub fn score_store(
         |shard, chunks| {
             let t = Instant::now();
             let q = &queries[&shard.window];
-            for chunk in &chunks {
+            for mut chunk in chunks {
                 if chunk.is_empty() {
                     continue;
                 }
@@ -324,16 +324,15 @@ pub fn score_store(
                 let mut parts = Vec::with_capacity(nl);
                 for (l, spec) in run.layers.iter().enumerate() {
                     let kk = spec.sketch_len();
-                    let k = Tensor::<2>::from_data(
-                        TensorData::new(chunk.sketches[l].clone(), [rows, kk]),
-                        &device,
-                    );
+                    // Moved, not copied: the chunk's sketches go to the device as they are.
+                    let values = std::mem::take(&mut chunk.sketches[l]);
+                    let k = Tensor::<2>::from_data(TensorData::new(values, [rows, kk]), &device);
                     parts.push(k.matmul(q[l].clone()));
                 }
                 let scores = Tensor::cat(parts, 1)
                     .try_into_vec_as::<f32>()
                     .map_err(|e| AnalyzerError::Device(format!("reading scores: {e:?}")))?;
-                acc.add(chunk, &scores, config.lr_weighting);
+                acc.add(&chunk, &scores, config.lr_weighting);
                 stats.rows += rows as u64;
             }
             stats.shards += 1;
