@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::AnalyzerError;
 use crate::query::{PreparedQueries, load_window_model};
-use crate::task::{Document, Task, reduction_scale};
+use crate::task::{Document, Task};
 
 /// What [`sketch_corpus`] did.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -141,7 +141,7 @@ impl<'a, T: Task> TokenScorer<'a, T> {
         })?;
         self.probe.arm();
         let mut grads = self.model.fit_loss(&batch, FitLabels::Empirical).backward();
-        let scale = reduction_scale(self.task.loss_reduction(), &step);
+        let scale = step.loss_scale(self.task.loss_reduction());
         let flat = self
             .probe
             .token_scores(&mut grads, &step, scale, &self.matrices)?;

@@ -89,15 +89,3 @@ pub trait Task {
     /// input token at that position), for token-wise influence.
     fn token_texts(&self, doc: &Document) -> Result<Vec<String>, TaskError>;
 }
-
-/// The factor that turns a loss reduced with `reduction` back into a sum over tokens.
-pub(crate) fn reduction_scale(reduction: LossReduction, batch: &StepBatch) -> f32 {
-    let tokens = batch
-        .loss_tokens
-        .unwrap_or_else(|| batch.doc_index.iter().filter(|&&d| d >= 0).count());
-    match reduction {
-        LossReduction::Sum => 1.0,
-        LossReduction::MeanOverTokens => tokens as f32,
-        LossReduction::MeanOverSequences => batch.batch_size as f32,
-    }
-}

@@ -3,13 +3,11 @@
 //! A model crate provides a binary of three lines (the bundled GPT's is
 //! `examples/tiny-gpt/src/bin/influence.rs`):
 //!
-//! ```no_run
-//! # struct MyTask;
-//! # fn load(dir: &std::path::Path) -> anyhow::Result<MyTask> { unimplemented!() }
-//! # fn main_with_stub() {}
-//! // fn main() -> anyhow::Result<()> {
-//! //     influence_cli::main_with(|model_dir| MyTask::load(model_dir))
-//! // }
+//! ```rust,ignore
+//! fn main() -> anyhow::Result<()> {
+//!     // `MyTask: influence_analyzer::Task`, built from the directory given by `--model`.
+//!     influence_cli::main_with(|model_dir| MyTask::load(model_dir))
+//! }
 //! ```
 //!
 //! Commands: `query` (score queries against a store; JSON, CSV or Arrow out), `sketch` (the
@@ -342,7 +340,7 @@ fn query<T: Task>(task: &T, store: &Store, a: &QueryArgs) -> Result<()> {
     })?;
     windows.finish_and_clear();
     rows_bar.finish_and_clear();
-    let mut report = analysis.report(config.top_k, config.bottom_k);
+    let report = analysis.report(config.top_k, config.bottom_k);
     let corpus: HashMap<u64, influence_analyzer::Document> = task
         .corpus()
         .map_err(|e| anyhow::anyhow!("reading the corpus: {e}"))?
@@ -404,7 +402,6 @@ fn query<T: Task>(task: &T, store: &Store, a: &QueryArgs) -> Result<()> {
     if let Some((path, format)) = out {
         match format {
             Format::Json => {
-                report.stats = s.clone();
                 let mut v = serde_json::to_value(&report)?;
                 if !token_wise.is_empty() {
                     v["token_wise"] = serde_json::Value::Array(token_wise);

@@ -290,9 +290,18 @@ impl<B: Clone + Send + 'static> Hook<B> {
     }
 }
 
-fn read(t: Tensor<2>, what: &str) -> Result<Vec<f32>, HookError> {
+pub(crate) fn read(t: Tensor<2>, what: &str) -> Result<Vec<f32>, HookError> {
     t.try_into_vec_as::<f32>()
         .map_err(|e| HookError::Tensor(format!("reading {what}: {e:?}")))
+}
+
+impl StepBatch {
+    /// The factor that turns a loss over this batch reduced with `reduction` back into the sum
+    /// over its loss-bearing tokens (what a probe's gradient is multiplied by).
+    pub fn loss_scale(&self, reduction: LossReduction) -> f32 {
+        let valid = self.doc_index.iter().filter(|&&d| d >= 0).count();
+        scale_of(reduction, self, valid)
+    }
 }
 
 fn scale_of(reduction: LossReduction, batch: &StepBatch, valid: usize) -> f32 {

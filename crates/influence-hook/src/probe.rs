@@ -8,7 +8,7 @@
 use burn::tensor::{Device, Gradients, Tensor, TensorData};
 use influence_core::LayerSpec;
 
-use crate::hook::{StepBatch, gradients};
+use crate::hook::{StepBatch, gradients, read};
 use crate::kernels::Segments;
 use crate::tap::Tap;
 use crate::{HookConfig, HookError};
@@ -252,9 +252,4 @@ fn augment(x: Tensor<3>, bias: bool) -> Tensor<3> {
     } else {
         x
     }
-}
-
-fn read(t: Tensor<2>, what: &str) -> Result<Vec<f32>, HookError> {
-    t.try_into_vec_as::<f32>()
-        .map_err(|e| HookError::Tensor(format!("reading {what}: {e:?}")))
 }
