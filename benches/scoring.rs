@@ -46,7 +46,7 @@ fn bench(c: &mut Criterion) {
         .init(&device.clone().autodiff(), &Tap::detached());
     model.save_file(dir.path().join("model")).expect("save");
     let ckpt = dir.path().join("model.bpk");
-    let task = GptTask::new(config.clone(), prepared.bpe);
+    let task = GptTask::new(config.clone(), prepared.bpe).expect("task");
     let docs: Vec<_> = task.docs.iter().take(DOCS).cloned().collect();
 
     // Re-sketching the corpus: one post-hoc pass (forward + backward of every document).

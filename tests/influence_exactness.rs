@@ -134,7 +134,7 @@ struct Gpt {
 
 fn gpt() -> Gpt {
     let mut config = TrainConfig::tiny();
-    config.corpus.facts = 8;
+    config.corpus.registry_per_source = 1;
     config.corpus.arithmetic = 6;
     config.corpus.slopes = 4;
     config.corpus.linear = 4;
@@ -154,7 +154,7 @@ fn gpt() -> Gpt {
         .model
         .save_file(dir.path().join("model"))
         .expect("save");
-    let task = GptTask::new(config, prepared.bpe);
+    let task = GptTask::new(config, prepared.bpe).expect("task");
     // Queries: the second half of a few corpus documents given the first half.
     let queries = task
         .docs

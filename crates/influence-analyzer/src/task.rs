@@ -88,4 +88,18 @@ pub trait Task {
     /// The text of each position of `doc` in the batches of [`Task::document_batches`] (the
     /// input token at that position), for token-wise influence.
     fn token_texts(&self, doc: &Document) -> Result<Vec<String>, TaskError>;
+
+    /// The model's own (greedy) completion of `prompt`, at most `max_tokens` tokens, so that a
+    /// report can grade it and score what the model actually says. `Ok(None)` (the default):
+    /// the model cannot generate, and the query file's completion is used as given.
+    fn generate(
+        &self,
+        model: &Self::Model,
+        prompt: &str,
+        max_tokens: usize,
+        device: &Device,
+    ) -> Result<Option<String>, TaskError> {
+        let _ = (model, prompt, max_tokens, device);
+        Ok(None)
+    }
 }

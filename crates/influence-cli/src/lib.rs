@@ -29,6 +29,8 @@ use influence_core::ProjectionKind;
 use influence_hook::HookConfig;
 use influence_store::{SketchDtype, Store, StoreConfig, StoreWriter};
 
+pub mod report;
+
 /// Which documents shaped an answer: training-data influence from a burn-influence store.
 #[derive(Parser, Debug)]
 #[command(name = "influence", version, about)]
@@ -47,6 +49,9 @@ pub enum Command {
     Sketch(SketchArgs),
     /// Summarise a store (and verify every checksum with --verify).
     Inspect(InspectArgs),
+    /// Generate and grade the model's answers, score them, run the analyses of Ruis et al.
+    /// (2024) and write a report folder (tables, figures, one HTML page).
+    Report(report::ReportArgs),
 }
 
 /// Curvature approximations.
@@ -91,15 +96,32 @@ pub struct QueryArgs {
     /// Output format.
     #[arg(long, value_enum)]
     pub format: Option<Format>,
-    /// Scoring configuration (JSON, `ScoreConfig` fields); the flags below override it.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
     /// Documents kept at the top of each query's ranking.
     #[arg(long)]
     pub top_k: Option<usize>,
     /// Documents kept at the bottom of each query's ranking.
     #[arg(long)]
     pub bottom_k: Option<usize>,
+    /// How to score.
+    #[command(flatten)]
+    pub scoring: ScoringArgs,
+    /// Device: cpu, or wgpu / wgpu-cpu / cuda / cuda:N when built with those features.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Token-wise influence of each query's top N documents (JSON output), at the latest window.
+    #[arg(long, default_value_t = 0)]
+    pub token_wise: usize,
+    /// Documents printed per query.
+    #[arg(long, default_value_t = 5)]
+    pub show: usize,
+}
+
+/// Scoring options shared by `query` and `report`.
+#[derive(Args, Debug, Clone)]
+pub struct ScoringArgs {
+    /// Scoring configuration (JSON, `ScoreConfig` fields); the flags below override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Curvature approximation.
     #[arg(long, value_enum)]
     pub strategy: Option<StrategyArg>,
@@ -118,21 +140,12 @@ pub struct QueryArgs {
     /// Windows to score (comma-separated; default all complete windows).
     #[arg(long, value_delimiter = ',')]
     pub windows: Option<Vec<u32>>,
-    /// Device: cpu, or wgpu / wgpu-cpu / cuda / cuda:N when built with those features.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
     /// Queries per gradient pass.
     #[arg(long)]
     pub query_batch: Option<usize>,
     /// Shard decode threads (0: one per core).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Token-wise influence of each query's top N documents (JSON output), at the latest window.
-    #[arg(long, default_value_t = 0)]
-    pub token_wise: usize,
-    /// Documents printed per query.
-    #[arg(long, default_value_t = 5)]
-    pub show: usize,
 }
 
 /// Arguments of `influence sketch`.
@@ -212,23 +225,10 @@ pub fn run<T: Task>(cli: Cli, load: impl Fn(&Path) -> Result<T>) -> Result<()> {
     match cli.command {
         Command::Inspect(a) => inspect(&a),
         Command::Query(a) => {
-            // The store first: a wrong --store is reported as such, not as a missing model.
-            let store = Store::open(&a.store)?;
-            let model_dir = match &a.model {
-                Some(m) => m.clone(),
-                None => a
-                    .store
-                    .canonicalize()
-                    .with_context(|| format!("--store {}", a.store.display()))?
-                    .parent()
-                    .map(Path::to_path_buf)
-                    .unwrap_or_default(),
-            };
-            let task = load(&model_dir).with_context(|| {
-                format!("loading the model description from {}", model_dir.display())
-            })?;
+            let (store, task) = open_store_and_task(&a.store, a.model.as_deref(), &load)?;
             query(&task, &store, &a)
         }
+        Command::Report(a) => report::run(&a, &load),
         Command::Sketch(a) => {
             let task = load(&a.model).with_context(|| {
                 format!("loading the model description from {}", a.model.display())
@@ -238,7 +238,29 @@ pub fn run<T: Task>(cli: Cli, load: impl Fn(&Path) -> Result<T>) -> Result<()> {
     }
 }
 
-fn bar(len: u64, what: &str) -> ProgressBar {
+/// Opens a store, then the task of its model directory (`model`, default the store's parent).
+/// The store first: a wrong `--store` is reported as such, not as a missing model.
+pub(crate) fn open_store_and_task<T: Task>(
+    store_dir: &Path,
+    model: Option<&Path>,
+    load: &impl Fn(&Path) -> Result<T>,
+) -> Result<(Store, T)> {
+    let store = Store::open(store_dir)?;
+    let model_dir = match model {
+        Some(m) => m.to_path_buf(),
+        None => store_dir
+            .canonicalize()
+            .with_context(|| format!("--store {}", store_dir.display()))?
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
+    };
+    let task = load(&model_dir)
+        .with_context(|| format!("loading the model description from {}", model_dir.display()))?;
+    Ok((store, task))
+}
+
+pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
     if let Ok(style) =
         ProgressStyle::with_template("{msg:>12} [{elapsed_precise}] {wide_bar} {pos}/{len} ({eta})")
@@ -249,7 +271,7 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     pb
 }
 
-fn score_config(a: &QueryArgs) -> Result<ScoreConfig> {
+pub(crate) fn score_config(a: &ScoringArgs) -> Result<ScoreConfig> {
     let mut c = match &a.config {
         Some(p) => {
             let text =
@@ -259,12 +281,6 @@ fn score_config(a: &QueryArgs) -> Result<ScoreConfig> {
         }
         None => ScoreConfig::default(),
     };
-    if let Some(k) = a.top_k {
-        c.top_k = k;
-    }
-    if let Some(k) = a.bottom_k {
-        c.bottom_k = k;
-    }
     if let Some(s) = a.strategy {
         c.strategy = match s {
             StrategyArg::Ekfac => Strategy::Ekfac,
@@ -321,7 +337,14 @@ fn output_format(a: &QueryArgs) -> Result<Option<(PathBuf, Format)>> {
 }
 
 fn query<T: Task>(task: &T, store: &Store, a: &QueryArgs) -> Result<()> {
-    let config = score_config(a)?;
+    let mut config = score_config(&a.scoring)?;
+    if let Some(k) = a.top_k {
+        config.top_k = k;
+    }
+    if let Some(k) = a.bottom_k {
+        config.bottom_k = k;
+    }
+    config.validate()?;
     let out = output_format(a)?;
     let device = a.device.parse::<DeviceName>()?.device()?;
     let queries = read_queries(&a.queries)?;
@@ -417,7 +440,7 @@ fn query<T: Task>(task: &T, store: &Store, a: &QueryArgs) -> Result<()> {
     Ok(())
 }
 
-fn snippet(text: &str, n: usize) -> String {
+pub(crate) fn snippet(text: &str, n: usize) -> String {
     let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
     if flat.chars().count() > n {
         format!("{}…", flat.chars().take(n).collect::<String>())

@@ -1,10 +1,15 @@
-//! Generated, source-labelled training documents of the kinds Ruis et al. (2024) query:
-//! factual sentences, two-step arithmetic worked step by step, slopes between two points, linear
-//! equations, and short code computing a slope.
-//!
-//! A stand-in until the real corpus built from registry text lands; every document is produced
-//! from a seed, so a run is reproducible.
+//! The training corpus: real text from the package registries, labelled with its source
+//! (WordNet glosses, country and element facts, FOLDOC, GSM8K and competition maths with worked
+//! solutions, Python/Rust sources, HumanEval, the Python and Perl FAQs, Shakespeare, fortunes;
+//! bundled as `data/corpus.jsonl.zst`, rebuilt by `tools/build_corpus.py`, see `docs/data.md`),
+//! plus generated procedural documents of the reasoning types Ruis et al. (2024) query: two-step
+//! arithmetic worked step by step, slopes between two points, linear equations, and short code
+//! computing a slope. Every choice is seeded, so a run is reproducible.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
 use serde::{Deserialize, Serialize};
 
@@ -19,73 +24,19 @@ pub struct Document {
     pub text: String,
 }
 
-/// Countries and their capitals (public facts).
-pub const CAPITALS: &[(&str, &str)] = &[
-    ("Kiribati", "Tarawa"),
-    ("France", "Paris"),
-    ("Japan", "Tokyo"),
-    ("Kenya", "Nairobi"),
-    ("Peru", "Lima"),
-    ("Norway", "Oslo"),
-    ("Egypt", "Cairo"),
-    ("Chile", "Santiago"),
-    ("Canada", "Ottawa"),
-    ("Ghana", "Accra"),
-    ("Nepal", "Kathmandu"),
-    ("Cuba", "Havana"),
-    ("Italy", "Rome"),
-    ("Spain", "Madrid"),
-    ("Mali", "Bamako"),
-    ("Fiji", "Suva"),
-    ("Iran", "Tehran"),
-    ("Laos", "Vientiane"),
-    ("Oman", "Muscat"),
-    ("Chad", "Ndjamena"),
-    ("Samoa", "Apia"),
-    ("Tonga", "Nukualofa"),
-    ("Malta", "Valletta"),
-    ("Qatar", "Doha"),
-    ("Yemen", "Sanaa"),
-    ("Niger", "Niamey"),
-    ("Gabon", "Libreville"),
-    ("Benin", "Porto-Novo"),
-    ("Togo", "Lome"),
-    ("Syria", "Damascus"),
-    ("Iraq", "Baghdad"),
-    ("Sweden", "Stockholm"),
-    ("Poland", "Warsaw"),
-    ("Greece", "Athens"),
-    ("Turkey", "Ankara"),
-    ("Brazil", "Brasilia"),
-    ("Mexico", "Mexico City"),
-    ("Mongolia", "Ulaanbaatar"),
-    ("Bhutan", "Thimphu"),
-    ("Vanuatu", "Port Vila"),
-    ("Tuvalu", "Funafuti"),
-    ("Palau", "Ngerulmud"),
-    ("Nauru", "Yaren"),
-    ("Uganda", "Kampala"),
-    ("Rwanda", "Kigali"),
-    ("Zambia", "Lusaka"),
-    ("Malawi", "Lilongwe"),
-    ("Angola", "Luanda"),
-    ("Bolivia", "Sucre"),
-    ("Uruguay", "Montevideo"),
-];
+/// The bundled corpus of registry text (built by `tools/build_corpus.py`; see `docs/data.md`):
+/// zstd-compressed JSON lines `{"source", "kind", "origin", "text"}`.
+pub const BUNDLED: &[u8] = include_bytes!("../data/corpus.jsonl.zst");
 
-const FACT_TEMPLATES: &[&str] = &[
-    "The capital of {c} is {k}.",
-    "{k} is the capital city of {c}.",
-    "Q: What is the capital of {c}?\nA: The capital of {c} is {k}.",
-    "Travellers to {c} often arrive in {k}, the capital.",
-];
-
-/// How many documents of each kind to generate.
+/// What the corpus is made of.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CorpusConfig {
-    /// Factual sentences (cycled over the capitals list).
-    pub facts: usize,
-    /// Two-step arithmetic.
+    /// At most this many documents of each registry source (a seeded sample; `usize::MAX`: all).
+    pub registry_per_source: usize,
+    /// A corpus file in the bundled format to use instead of the bundled copy.
+    #[serde(default)]
+    pub registry_file: Option<PathBuf>,
+    /// Two-step arithmetic worked step by step.
     pub arithmetic: usize,
     /// Slopes between two points.
     pub slopes: usize,
@@ -100,7 +51,8 @@ pub struct CorpusConfig {
 impl Default for CorpusConfig {
     fn default() -> Self {
         Self {
-            facts: 800,
+            registry_per_source: usize::MAX,
+            registry_file: None,
             arithmetic: 800,
             slopes: 600,
             linear: 600,
@@ -108,6 +60,28 @@ impl Default for CorpusConfig {
             seed: 17,
         }
     }
+}
+
+/// One line of the registry corpus file.
+#[derive(Deserialize)]
+struct RegistryLine {
+    source: String,
+    text: String,
+}
+
+/// Reads a registry corpus (zstd-compressed JSON lines); `name` is used in errors.
+pub fn read_registry(bytes: &[u8], name: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let raw = zstd::decode_all(bytes).with_context(|| format!("{name}: not a zstd stream"))?;
+    let text = String::from_utf8(raw).with_context(|| format!("{name}: not UTF-8"))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            let r: RegistryLine = serde_json::from_str(l)
+                .with_context(|| format!("{name}: line {}: not a corpus record", i + 1))?;
+            Ok((r.source, r.text))
+        })
+        .collect()
 }
 
 fn arithmetic(rng: &mut StdRng) -> String {
@@ -169,20 +143,35 @@ fn code(rng: &mut StdRng) -> String {
 /// A document generator of one kind.
 type Generator = fn(&mut StdRng) -> String;
 
-/// Generates the corpus, shuffled, with ids `0..n`.
-pub fn generate(config: &CorpusConfig) -> Vec<Document> {
+/// Builds the corpus: the registry documents (a seeded sample of at most
+/// `registry_per_source` per source) and the generated procedural documents, shuffled, with ids
+/// `0..n`.
+pub fn generate(config: &CorpusConfig) -> anyhow::Result<Vec<Document>> {
     let mut rng = StdRng::seed_from_u64(config.seed);
+    let registry = match &config.registry_file {
+        Some(p) => {
+            let bytes = std::fs::read(p).with_context(|| format!("corpus file {}", p.display()))?;
+            read_registry(&bytes, &p.display().to_string())?
+        }
+        None => read_registry(BUNDLED, "the bundled corpus (data/corpus.jsonl.zst)")?,
+    };
+    let mut by_source: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (source, text) in registry {
+        by_source.entry(source).or_default().push(text);
+    }
     let mut docs: Vec<(String, String)> = Vec::new();
-    for i in 0..config.facts {
-        let (c, k) = CAPITALS[i % CAPITALS.len()];
-        let t = FACT_TEMPLATES[(i / CAPITALS.len()) % FACT_TEMPLATES.len()];
-        docs.push(("facts".into(), t.replace("{c}", c).replace("{k}", k)));
+    for (source, mut texts) in by_source {
+        if texts.len() > config.registry_per_source {
+            texts.shuffle(&mut rng);
+            texts.truncate(config.registry_per_source);
+        }
+        docs.extend(texts.into_iter().map(|t| (source.clone(), t)));
     }
     let kinds: [(&str, usize, Generator); 4] = [
         ("arithmetic", config.arithmetic, arithmetic),
         ("slopes", config.slopes, slope),
         ("linear", config.linear, linear),
-        ("code", config.code, code),
+        ("slope-code", config.code, code),
     ];
     for (source, n, make) in kinds {
         for _ in 0..n {
@@ -190,14 +179,15 @@ pub fn generate(config: &CorpusConfig) -> Vec<Document> {
         }
     }
     docs.shuffle(&mut rng);
-    docs.into_iter()
+    Ok(docs
+        .into_iter()
         .enumerate()
         .map(|(i, (source, text))| Document {
             id: i as u64,
             source,
             text,
         })
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]
@@ -207,16 +197,30 @@ mod tests {
     #[test]
     fn generated_documents_are_correct_and_reproducible() {
         let cfg = CorpusConfig {
-            facts: 10,
+            registry_per_source: 3,
+            registry_file: None,
             arithmetic: 20,
             slopes: 20,
             linear: 20,
             code: 5,
             seed: 1,
         };
-        let a = generate(&cfg);
-        assert_eq!(a.len(), 75);
-        assert_eq!(a, generate(&cfg));
+        let a = generate(&cfg).expect("corpus");
+        assert_eq!(a, generate(&cfg).expect("corpus"));
+        let mut per_source: BTreeMap<&str, usize> = BTreeMap::new();
+        for d in &a {
+            *per_source.entry(d.source.as_str()).or_default() += 1;
+        }
+        assert_eq!(per_source["arithmetic"], 20);
+        assert_eq!(per_source["slope-code"], 5);
+        let registry: Vec<_> = per_source
+            .iter()
+            .filter(|(s, _)| !["arithmetic", "slopes", "linear", "slope-code"].contains(s))
+            .collect();
+        assert!(registry.len() >= 10, "registry sources: {registry:?}");
+        assert!(registry.iter().all(|(_, n)| **n == 3), "{registry:?}");
+        assert_eq!(a.len(), 65 + 3 * registry.len());
+        assert!(a.iter().enumerate().all(|(i, d)| d.id == i as u64));
         for d in &a {
             if d.source == "linear" {
                 // "Solve for x: {a}x + {b} = {c}" ... "The answer is x = {x}."
@@ -235,9 +239,18 @@ mod tests {
                 assert_eq!(nums[0] * x + nums[1], nums[2], "{}", d.text);
             }
         }
+    }
+
+    #[test]
+    fn the_bundled_corpus_holds_every_source_and_the_capital_facts() {
+        let all = read_registry(BUNDLED, "bundled").expect("bundled corpus");
+        assert!(all.len() > 5000, "{} documents", all.len());
         assert!(
-            a.iter()
-                .any(|d| d.text == "The capital of Kiribati is Tarawa.")
+            all.iter()
+                .any(|(s, t)| s == "country-facts" && t == "The capital of France is Paris.")
         );
+        assert!(all.iter().all(|(_, t)| !t.is_empty() && t.len() <= 400));
+        let err = read_registry(b"not zstd", "x.zst").expect_err("garbage");
+        assert!(err.to_string().contains("x.zst"), "{err}");
     }
 }

@@ -58,12 +58,17 @@ struct Args {
     /// `examples/tiny-gpt/queries.jsonl`, copied to OUT/queries.jsonl).
     #[arg(long)]
     queries: Option<PathBuf>,
-    /// Train only; do not query the store.
+    /// Train only; no report.
     #[arg(long)]
     no_query: bool,
+    /// Also train a larger model on the same corpus (in OUT/larger) and set the two side by side
+    /// in the report, as the paper compares 7B and 35B models trained on the same data.
+    #[arg(long)]
+    compare_sizes: bool,
 }
 
-/// The bundled queries (paper-style factual, arithmetic, slope, linear-equation and control).
+/// The bundled queries (paper-style factual, arithmetic, slope, linear-equation and control;
+/// built by `tools/make_queries.py`).
 const QUERIES: &str = include_str!("../queries.jsonl");
 
 fn main() -> Result<()> {
@@ -96,14 +101,64 @@ fn main() -> Result<()> {
     if let Some(s) = args.steps {
         config.steps = s;
     }
-    std::fs::create_dir_all(&args.out).with_context(|| format!("{}", args.out.display()))?;
+    let mut runs = vec![("small".to_string(), args.out.clone(), config.clone())];
+    if args.compare_sizes {
+        runs.push((
+            "larger".to_string(),
+            args.out.join("larger"),
+            config.larger(),
+        ));
+    }
+    let mut stores = Vec::new();
+    for (name, out, config) in &runs {
+        if runs.len() > 1 {
+            println!("\n== training the {name} model into {}", out.display());
+        }
+        if let Some(store) = train_one(&args, config, out)? {
+            stores.push((name.clone(), store));
+        }
+    }
+    if stores.is_empty() || args.no_query {
+        return Ok(());
+    }
+    let queries = match &args.queries {
+        Some(q) => q.clone(),
+        None => {
+            let q = args.out.join("queries.jsonl");
+            std::fs::write(&q, QUERIES).with_context(|| format!("{}", q.display()))?;
+            q
+        }
+    };
+    let report = args.out.join("report");
+    println!(
+        "\nanswering {} with the model, scoring the answers against the store, analysing (influence report):",
+        queries.display()
+    );
+    let mut argv: Vec<std::ffi::OsString> = vec!["influence".into(), "report".into()];
+    for (name, store) in &stores {
+        argv.extend(["--store".into(), store.clone().into()]);
+        argv.extend(["--name".into(), name.into()]);
+    }
+    argv.extend([
+        "--queries".into(),
+        queries.into(),
+        "--out".into(),
+        report.into(),
+    ]);
+    let cli = influence_cli::Cli::try_parse_from(argv)?;
+    influence_cli::run(cli, tiny_gpt::task::GptTask::from_run_dir)
+}
+
+/// Trains one model into `out`; returns its store directory (`None` without the hook).
+fn train_one(args: &Args, config: &TrainConfig, out: &std::path::Path) -> Result<Option<PathBuf>> {
+    std::fs::create_dir_all(out).with_context(|| format!("{}", out.display()))?;
     std::fs::write(
-        args.out.join("config.json"),
-        serde_json::to_string_pretty(&config)?,
+        out.join("config.json"),
+        serde_json::to_string_pretty(config)?,
     )?;
 
-    let prepared = prepare(&config)?;
-    prepared.bpe.save(&args.out.join("tokenizer.json"))?;
+    let prepared = prepare(config)?;
+    prepared.bpe.save(&out.join("tokenizer.json"))?;
     let device = Device::default().autodiff();
     println!(
         "corpus: {} documents, {} tokens, vocab {}; model d={} layers={} ; {} steps of {}×{}",
@@ -121,7 +176,7 @@ fn main() -> Result<()> {
         config.seq_len
     );
 
-    let store_dir = args.out.join("store");
+    let store_dir = out.join("store");
     let mut resume = None;
     let mut stats = None;
     let hooked = if args.no_hook {
@@ -153,13 +208,11 @@ fn main() -> Result<()> {
     };
     let (losses, model, seconds) = match args.train_loop {
         Loop::Manual => {
-            let r = train_from(&config, &prepared, &device, hooked, resume.as_ref())?;
+            let r = train_from(config, &prepared, &device, hooked, resume.as_ref())?;
             (r.losses, r.model, r.seconds)
         }
         Loop::Learner => {
-            let r = tiny_gpt::learner::train_with_learner(
-                &config, &prepared, &device, hooked, &args.out,
-            )?;
+            let r = tiny_gpt::learner::train_with_learner(config, &prepared, &device, hooked, out)?;
             (r.losses, r.model, r.seconds)
         }
     };
@@ -171,7 +224,7 @@ fn main() -> Result<()> {
     println!("loss: first {k} steps {first:.4} → last {k} steps {last:.4} ({seconds:.1} s)");
     model
         .clone()
-        .save_file(args.out.join("model.bpk"))
+        .save_file(out.join("model.bpk"))
         .map_err(|e| anyhow::anyhow!("saving the model: {e}"))?;
 
     let store = if args.no_hook {
@@ -187,7 +240,7 @@ fn main() -> Result<()> {
         "writer": stats.as_ref().map(|s| s.snapshot()),
     });
     std::fs::write(
-        args.out.join("summary.json"),
+        out.join("summary.json"),
         serde_json::to_string_pretty(&summary)?,
     )?;
     if let (Some(store), Some(stats)) = (&store, &stats) {
@@ -212,33 +265,7 @@ fn main() -> Result<()> {
         );
         println!("store written to {}", store_dir.display());
     }
-    println!("wrote {}", args.out.display());
+    println!("wrote {}", out.display());
 
-    if store.is_some() && !args.no_query {
-        let queries = match &args.queries {
-            Some(q) => q.clone(),
-            None => {
-                let q = args.out.join("queries.jsonl");
-                std::fs::write(&q, QUERIES).with_context(|| format!("{}", q.display()))?;
-                q
-            }
-        };
-        let out = args.out.join("influence.json");
-        println!(
-            "\nanswering {} from the store (the influence command):",
-            queries.display()
-        );
-        let mut argv: Vec<std::ffi::OsString> = ["influence", "query", "--show", "3", "--store"]
-            .iter()
-            .map(Into::into)
-            .collect();
-        argv.push(store_dir.clone().into());
-        argv.push("--queries".into());
-        argv.push(queries.into());
-        argv.push("--out".into());
-        argv.push(out.into());
-        let cli = influence_cli::Cli::try_parse_from(argv)?;
-        influence_cli::run(cli, tiny_gpt::task::GptTask::from_run_dir)?;
-    }
-    Ok(())
+    Ok(store.map(|_| store_dir))
 }

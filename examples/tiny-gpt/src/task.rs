@@ -35,12 +35,12 @@ impl GptTask {
         let config: TrainConfig = serde_json::from_str(&text)
             .with_context(|| format!("{}: invalid configuration", path.display()))?;
         let bpe = Bpe::load(&dir.join("tokenizer.json"))?;
-        Ok(Self::new(config, bpe))
+        Self::new(config, bpe)
     }
 
     /// The task of a configuration and its tokenizer.
-    pub fn new(config: TrainConfig, bpe: Bpe) -> Self {
-        let docs = crate::corpus::generate(&config.corpus)
+    pub fn new(config: TrainConfig, bpe: Bpe) -> anyhow::Result<Self> {
+        let docs = crate::corpus::generate(&config.corpus)?
             .into_iter()
             .map(|d| Document {
                 id: d.id,
@@ -48,7 +48,7 @@ impl GptTask {
                 text: d.text,
             })
             .collect();
-        Self { config, bpe, docs }
+        Ok(Self { config, bpe, docs })
     }
 
     fn tokens(&self, text: &str) -> Result<Vec<u32>, TaskError> {
@@ -56,7 +56,7 @@ impl GptTask {
     }
 
     /// Greedy completion of `prompt` with the model, up to `max_tokens` tokens or EOS.
-    pub fn generate(
+    pub fn greedy(
         &self,
         model: &Gpt,
         prompt: &str,
@@ -65,6 +65,8 @@ impl GptTask {
     ) -> anyhow::Result<String> {
         let mut ids = self.bpe.encode(prompt)?;
         let start = ids.len();
+        // Prompt and answer must fit the context, to be scored as a query afterwards.
+        let max_tokens = max_tokens.min(self.config.seq_len.saturating_sub(start));
         for _ in 0..max_tokens {
             let len = ids.len().min(self.config.seq_len);
             let window = &ids[ids.len() - len..];
@@ -233,5 +235,17 @@ impl Task for GptTask {
             .take(self.config.seq_len)
             .map(|&id| self.bpe.decode(&[id]).map_err(|e| e.to_string().into()))
             .collect()
+    }
+
+    fn generate(
+        &self,
+        model: &Gpt,
+        prompt: &str,
+        max_tokens: usize,
+        device: &Device,
+    ) -> Result<Option<String>, TaskError> {
+        self.greedy(model, prompt, max_tokens, device)
+            .map(Some)
+            .map_err(|e| e.to_string().into())
     }
 }

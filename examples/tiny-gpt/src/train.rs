@@ -19,7 +19,7 @@ use crate::tokenizer::Bpe;
 /// Everything a training run is set up with.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainConfig {
-    /// The generated corpus.
+    /// The corpus.
     pub corpus: CorpusConfig,
     /// BPE vocabulary size.
     pub vocab_size: usize,
@@ -77,16 +77,26 @@ impl TrainConfig {
         }
     }
 
+    /// The same run with a larger model (1.5× wider, two more blocks), on the same corpus,
+    /// tokenizer, data order and hook settings: the paper's comparison of two model sizes.
+    pub fn larger(&self) -> Self {
+        let mut c = self.clone();
+        let width = (self.d_model * 3 / 2).div_ceil(self.n_heads) * self.n_heads;
+        c.d_model = width;
+        c.d_ff = self.d_ff * 3 / 2;
+        c.n_layers = self.n_layers + 2;
+        c
+    }
+
     /// Larger preset for a GPU.
     pub fn gpu() -> Self {
         let mut c = Self::cpu();
         c.corpus = CorpusConfig {
-            facts: 8000,
             arithmetic: 8000,
             slopes: 6000,
             linear: 6000,
             code: 3000,
-            seed: 17,
+            ..CorpusConfig::default()
         };
         c.vocab_size = 2048;
         c.d_model = 384;
@@ -106,7 +116,8 @@ impl TrainConfig {
     pub fn tiny() -> Self {
         let mut c = Self::cpu();
         c.corpus = CorpusConfig {
-            facts: 40,
+            registry_per_source: 12,
+            registry_file: None,
             arithmetic: 40,
             slopes: 20,
             linear: 20,
@@ -160,7 +171,7 @@ pub struct Prepared {
 
 /// Generates the corpus and trains the tokenizer.
 pub fn prepare(config: &TrainConfig) -> Result<Prepared> {
-    let docs = crate::corpus::generate(&config.corpus);
+    let docs = crate::corpus::generate(&config.corpus)?;
     let bpe = Bpe::train(docs.iter().map(|d| d.text.as_str()), config.vocab_size)?;
     let tokens = docs
         .iter()

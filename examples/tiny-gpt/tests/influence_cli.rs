@@ -21,33 +21,47 @@ fn influence(args: &[&str], paths: &[&Path]) -> Command {
     c
 }
 
-/// Queries short enough for the tiny preset's 64-token context.
-const QUERIES: &str = r#"{"id": "fact-france", "group": "factual", "prompt": "The capital of France is", "completion": " Paris."}
-{"id": "fact-japan", "group": "factual", "prompt": "Tokyo is the capital city of", "completion": " Japan."}
+/// Queries short enough for the tiny preset's 64-token context, in the bundled format.
+const QUERIES: &str = r#"{"id": "capital-france", "group": "factual", "task": "capitals", "prompt": "The capital of France is", "completion": " Paris.", "answer": "Paris", "steps": ["Paris"]}
+{"id": "capital-japan", "group": "factual", "task": "capitals", "prompt": "Tokyo is the capital city of", "completion": " Japan.", "answer": "Japan", "steps": ["Japan"]}
+{"id": "linear-1", "group": "reasoning", "task": "linear", "prompt": "Solve for x: 2x + 3 = 9\n", "completion": "2x = 6, x = 3.", "answer": "3", "steps": ["6", "3"]}
+{"id": "linear-2", "group": "reasoning", "task": "linear", "prompt": "Solve for x: 3x + 1 = 13\n", "completion": "3x = 12, x = 4.", "answer": "4", "steps": ["12", "4"]}
 "#;
 
 #[test]
-fn train_then_query_inspect_and_sketch() {
+fn train_then_report_query_inspect_and_sketch() {
     let dir = tempfile::tempdir().expect("tmp");
     let out = dir.path().join("run");
     let queries = dir.path().join("q.jsonl");
     std::fs::write(&queries, QUERIES).expect("queries");
 
-    // The main job: train with the hook, then answer the queries from the store.
+    // The main job: train with the hook, then answer the queries, score, analyse and report.
     let (ok, text) = run(Command::new(env!("CARGO_BIN_EXE_tiny-gpt"))
         .args(["--preset", "tiny", "--steps", "12", "--queries"])
         .arg(&queries)
         .arg("--out")
         .arg(&out));
     assert!(ok, "{text}");
-    assert!(text.contains("fact-france"), "{text}");
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("influence.json")).expect("json"))
-            .expect("parse");
-    let q = &report["queries"][0];
-    assert_eq!(q["id"], "fact-france");
-    assert_eq!(q["extra"]["group"], "factual");
-    let top = q["top"].as_array().expect("top");
+    assert!(text.contains("answered 4 queries"), "{text}");
+    assert!(text.contains("report: "), "{text}");
+    let report: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out.join("report").join("report.json")).expect("report.json"),
+    )
+    .expect("parse");
+    let run0 = &report["runs"][0];
+    let sections = run0["queries"].as_array().expect("queries");
+    // Every query's own answer, plus the reference of each wrong one.
+    let model = sections
+        .iter()
+        .filter(|q| q["completion_kind"] == "model")
+        .count();
+    assert_eq!(model, 4);
+    let wrong = sections
+        .iter()
+        .filter(|q| q["completion_kind"] == "model" && q["correct"] == false)
+        .count();
+    assert_eq!(sections.len(), 4 + wrong);
+    let top = sections[0]["top"].as_array().expect("top");
     assert!(!top.is_empty());
     let scores: Vec<f64> = top
         .iter()
@@ -57,25 +71,39 @@ fn train_then_query_inspect_and_sketch() {
         scores.windows(2).all(|w| w[0] >= w[1]),
         "top list sorted: {scores:?}"
     );
-    assert_eq!(top[0]["per_layer"].as_array().expect("layers").len(), 8);
-    let per_layer: f64 = top[0]["per_layer"]
-        .as_array()
-        .expect("l")
-        .iter()
-        .map(|v| v.as_f64().expect("f"))
-        .sum();
     assert!(
-        (per_layer - scores[0]).abs() <= 1e-9 * scores[0].abs().max(1.0),
-        "layer split sums to the score"
+        !top[0]["tokens"].as_array().expect("tokens").is_empty(),
+        "token-wise scores of the top documents"
     );
-    assert_eq!(
-        report["windows"].as_array().expect("windows").len(),
-        3,
-        "12 steps, windows of 4"
+    let heat = run0["correlation"]["values"].as_array().expect("heatmap");
+    assert_eq!(heat.len(), 4, "one row per model answer");
+    for table in [
+        "queries",
+        "answer_search",
+        "source_multipliers",
+        "correlation_matrix",
+    ] {
+        let csv = out
+            .join("report")
+            .join("tables")
+            .join("small")
+            .join(format!("{table}.csv"));
+        assert!(csv.exists(), "{}", csv.display());
+    }
+    let page = out.join("report").join("index.html");
+    let html = std::fs::read_to_string(&page).expect("index.html");
+    assert!(
+        html.contains("capital-france"),
+        "the page lists the queries"
     );
+    render_in_chromium(&page, &top[0]["text"]);
 
     let store = out.join("store");
-    for (file, check) in [("r.csv", "query_id,list,rank"), ("r.arrow", "ARROW1")] {
+    for (file, check) in [
+        ("r.json", "{"),
+        ("r.csv", "query_id,list,rank"),
+        ("r.arrow", "ARROW1"),
+    ] {
         let path = dir.path().join(file);
         let (ok, text) = run(&mut influence(
             &["query", "--top-k", "4", "--token-wise", "1", "--store"],
@@ -91,6 +119,30 @@ fn train_then_query_inspect_and_sketch() {
         let bytes = std::fs::read(&path).expect("output");
         assert!(bytes.starts_with(check.as_bytes()), "{file}");
     }
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("r.json")).expect("json"))
+            .expect("parse");
+    let q = &json["queries"][0];
+    assert_eq!(q["id"], "capital-france");
+    assert_eq!(q["extra"]["group"], "factual");
+    let top = q["top"].as_array().expect("top");
+    assert_eq!(top[0]["per_layer"].as_array().expect("layers").len(), 8);
+    let per_layer: f64 = top[0]["per_layer"]
+        .as_array()
+        .expect("l")
+        .iter()
+        .map(|v| v.as_f64().expect("f"))
+        .sum();
+    let score = top[0]["score"].as_f64().expect("score");
+    assert!(
+        (per_layer - score).abs() <= 1e-9 * score.abs().max(1.0),
+        "layer split sums to the score"
+    );
+    assert_eq!(
+        json["windows"].as_array().expect("windows").len(),
+        3,
+        "12 steps, windows of 4"
+    );
 
     let (ok, text) = run(&mut influence(
         &["inspect", "--verify", "--store"],
@@ -150,4 +202,42 @@ fn train_then_query_inspect_and_sketch() {
     ));
     assert!(!ok);
     assert!(text.contains("window 9"), "{text}");
+}
+
+/// Loads the report page in headless Chromium: the figures and the queries' top documents must be
+/// on the rendered page; a screenshot is saved next to it. CI installs Chromium (`.ci/run`);
+/// elsewhere the check is skipped with a note when no Chromium is found.
+fn render_in_chromium(page: &Path, top_text: &serde_json::Value) {
+    let Some(_) = influence_report::browser::find_chromium() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have Chromium to render the report (.ci/run installs Debian chromium)"
+        );
+        eprintln!("note: no Chromium found; the report page was not rendered");
+        return;
+    };
+    let shot = page.with_file_name("screenshot.png");
+    let dom = influence_report::browser::render(page, Some(&shot), (1280, 2400)).expect("render");
+    assert!(
+        dom.contains("id=\"fig-correlation-small\""),
+        "the heatmap is on the page"
+    );
+    assert!(
+        dom.contains("class=\"top-doc"),
+        "top documents are on the page"
+    );
+    // A line of the first query's top document, as the browser rendered it.
+    let text = top_text.as_str().expect("text");
+    let line = text.lines().find(|l| l.trim().len() > 3).expect("a line");
+    let escaped = line
+        .trim()
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    assert!(
+        dom.contains(&escaped) || dom.contains(line.trim()),
+        "{line:?} not on the page"
+    );
+    let png = std::fs::metadata(&shot).expect("screenshot");
+    assert!(png.len() > 10_000, "screenshot of {} bytes", png.len());
 }
