@@ -60,9 +60,11 @@ pub struct ReportArgs {
     /// Device: cpu, or wgpu / wgpu-cpu / cuda / cuda:N when built with those features.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Documents searched for each query's answer and intermediate results (the paper: 500).
-    #[arg(long, default_value_t = 500)]
-    pub top_n: usize,
+    /// Documents searched for each query's answer and intermediate results (comma-separated;
+    /// the first is shown on the page; the paper: 500 of millions, so a smaller N is the closer
+    /// match for a corpus of thousands).
+    #[arg(long, value_delimiter = ',', default_value = "500,50")]
+    pub top_n: Vec<usize>,
     /// Top documents shown on the page per query.
     #[arg(long, default_value_t = 8)]
     pub show: usize,
@@ -273,8 +275,8 @@ pub fn run<T: Task>(a: &ReportArgs, load: &impl Fn(&Path) -> Result<T>) -> Resul
             a.stores.len()
         );
     }
-    if a.top_n == 0 {
-        bail!("--top-n must be at least 1");
+    if a.top_n.is_empty() || a.top_n.contains(&0) {
+        bail!("--top-n: give one or more N ≥ 1");
     }
     let config = score_config(&a.scoring)?;
     let device = a.device.parse::<DeviceName>()?.device()?;
@@ -327,7 +329,8 @@ fn notes(a: &ReportArgs, config: &ScoreConfig) -> Vec<String> {
         ),
         format!(
             "Each query is answered greedily by the model (at most {} tokens) and graded against its answer; where the model is wrong, the reference completion is scored as well (marked ref). Answer search looks in each completion's top {} documents for the answer (factual) or every intermediate result (reasoning), as Ruis et al. (2024) do with N = 500.",
-            a.max_new_tokens, a.top_n
+            a.max_new_tokens,
+            a.top_n.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" and ")
         ),
         "Ruis et al. (2024), Procedural Knowledge in Pretraining Drives Reasoning in Large Language Models: factual answers are found in the top documents far more often than reasoning steps (7B: 55 % vs 7.4 %); same-task reasoning queries have strongly correlated influence (up to 0.96) while factual queries do not (mean ≈ 0.06).".into(),
     ]
@@ -405,7 +408,7 @@ fn analyse_run<T: Task>(
         .into_iter()
         .map(|d| (d.id, d))
         .collect();
-    let results = Results::compute(&analysis, &meta, &corpus, a.top_n)?;
+    let results = Results::compute(&analysis, &meta, &corpus, &a.top_n)?;
     let tokens = token_wise(task, store, &analysis, &corpus, a, device)?;
     results.print_headline(name);
     results.section(name, store, &analysis, &meta, &corpus, &tokens, a)
@@ -463,8 +466,10 @@ struct Results {
     power_laws: Vec<Option<an::PowerLaw>>,
     alpha_test: Option<an::TTest>,
     total_test: Option<an::TTest>,
-    hits: Vec<an::AnswerHit>,
-    answer_rates: Vec<an::AnswerRate>,
+    /// Per N of `--top-n`: each completion's answer search.
+    hits: Vec<(usize, Vec<an::AnswerHit>)>,
+    /// Per N: the rates per group.
+    answer_rates: Vec<(usize, Vec<an::AnswerRate>)>,
     multipliers: Vec<an::MeanMultiplier>,
     layer_shares: Vec<Vec<f64>>,
     layers: Vec<String>,
@@ -476,7 +481,7 @@ impl Results {
         analysis: &Analysis,
         meta: &[Scored],
         corpus: &HashMap<u64, Document>,
-        top_n: usize,
+        top_n: &[usize],
     ) -> Result<Self> {
         let s = &analysis.scores;
         let nats = analysis.nats();
@@ -526,20 +531,25 @@ impl Results {
         let total_test =
             an::welch_t_test(&pick("factual", &total), &pick("reasoning", &total)).ok();
 
-        let n = top_n.min(s.docs.len());
-        let hits: Vec<an::AnswerHit> = (0..s.queries)
-            .map(|q| {
-                let texts: Vec<&str> = s
-                    .top(q, n)
-                    .into_iter()
-                    .map(|d| {
-                        corpus
-                            .get(&s.docs[d].id)
-                            .map_or("", |doc| doc.text.as_str())
-                    })
-                    .collect();
-                an::answer_search(&texts, &meta[q].needles)
-            })
+        let search = |n: usize| -> Vec<an::AnswerHit> {
+            (0..s.queries)
+                .map(|q| {
+                    let texts: Vec<&str> = s
+                        .top(q, n)
+                        .into_iter()
+                        .map(|d| {
+                            corpus
+                                .get(&s.docs[d].id)
+                                .map_or("", |doc| doc.text.as_str())
+                        })
+                        .collect();
+                    an::answer_search(&texts, &meta[q].needles)
+                })
+                .collect()
+        };
+        let hits: Vec<(usize, Vec<an::AnswerHit>)> = top_n
+            .iter()
+            .map(|&n| (n, search(n.min(s.docs.len()))))
             .collect();
         let metas: Vec<an::QueryMeta> = meta
             .iter()
@@ -556,7 +566,10 @@ impl Results {
                 nats,
             })
             .collect();
-        let answer_rates = an::answer_search_rates(&hits, &metas)?;
+        let answer_rates = hits
+            .iter()
+            .map(|(n, h)| Ok((*n, an::answer_search_rates(h, &metas)?)))
+            .collect::<Result<Vec<_>>>()?;
 
         let ks = an::default_ks(s.docs.len());
         let mut multipliers = Vec::new();
@@ -596,22 +609,24 @@ impl Results {
     }
 
     fn print_headline(&self, name: &str) {
-        println!(
-            "{name}: answer found in the top documents (all intermediate results for reasoning):"
-        );
-        for r in &self.answer_rates {
+        for (n, rates) in &self.answer_rates {
             println!(
-                "  {:<18} {:<7} {:>3}/{:<3} {:>5.1} %",
-                r.group,
-                match r.correct {
-                    Some(true) => "correct",
-                    Some(false) => "wrong",
-                    None => "",
-                },
-                r.found_all,
-                r.queries,
-                100.0 * r.rate
+                "{name}: answer found in the top {n} documents (all intermediate results for reasoning):"
             );
+            for r in rates {
+                println!(
+                    "  {:<18} {:<7} {:>3}/{:<3} {:>5.1} %",
+                    r.group,
+                    match r.correct {
+                        Some(true) => "correct",
+                        Some(false) => "wrong",
+                        None => "",
+                    },
+                    r.found_all,
+                    r.queries,
+                    100.0 * r.rate
+                );
+            }
         }
         println!("{name}: mean Pearson r of influence between queries:");
         for p in self.group_pairs.iter().chain(&self.task_pairs) {
@@ -749,7 +764,7 @@ impl Results {
                 correct: m.correct,
                 answer: m.answer.clone(),
                 nats: nats[q],
-                answer_found: Some(self.hits[q].all_found),
+                answer_found: self.hits.first().map(|(_, h)| h[q].all_found),
                 top: s
                     .top(q, a.show)
                     .into_iter()
@@ -800,7 +815,7 @@ impl Results {
                 "total_positive",
                 "positive_per_nat",
                 "alpha_top500",
-                "answer_found_top_n",
+                "answer_found",
                 "top_source",
                 "top_text",
             ]
@@ -822,7 +837,9 @@ impl Results {
                         Number(self.curves[q].total_positive),
                         Number(self.curves[q].total_positive / nats[q].max(1e-12)),
                         opt_num(self.power_laws[q].as_ref().map(|p| p.alpha)),
-                        Bool(self.hits[q].all_found),
+                        self.hits
+                            .first()
+                            .map_or(Empty, |(_, h)| Bool(h[q].all_found)),
                         top_doc.map_or(Empty, |d| Text(d.source.to_string())),
                         top_doc.map_or(Empty, |d| {
                             Text(
@@ -881,14 +898,16 @@ impl Results {
             name: "answer_search".into(),
             title: "Answer found in the top documents, per group (correct and wrong kept apart)"
                 .into(),
-            columns: ["group", "correct", "queries", "found", "rate"]
+            columns: ["top_n", "group", "correct", "queries", "found", "rate"]
                 .map(String::from)
                 .to_vec(),
             rows: self
                 .answer_rates
                 .iter()
-                .map(|r| {
+                .flat_map(|(n, rates)| rates.iter().map(move |r| (*n, r)))
+                .map(|(n, r)| {
                     vec![
+                        Int(n as i64),
                         Text(r.group.clone()),
                         opt_bool(r.correct),
                         Int(r.queries as i64),

@@ -92,6 +92,7 @@ impl TrainConfig {
     pub fn gpu() -> Self {
         let mut c = Self::cpu();
         c.corpus = CorpusConfig {
+            registry_per_source: usize::MAX,
             arithmetic: 8000,
             slopes: 6000,
             linear: 6000,
@@ -117,6 +118,7 @@ impl TrainConfig {
         let mut c = Self::cpu();
         c.corpus = CorpusConfig {
             registry_per_source: 12,
+            registry_keep_all: Vec::new(),
             registry_file: None,
             arithmetic: 40,
             slopes: 20,

@@ -35,20 +35,31 @@ fn train_then_report_query_inspect_and_sketch() {
     let queries = dir.path().join("q.jsonl");
     std::fs::write(&queries, QUERIES).expect("queries");
 
-    // The main job: train with the hook, then answer the queries, score, analyse and report.
+    // The main job: train with the hook, then answer the queries, score, analyse and report;
+    // two model sizes on the same corpus, side by side.
     let (ok, text) = run(Command::new(env!("CARGO_BIN_EXE_tiny-gpt"))
-        .args(["--preset", "tiny", "--steps", "12", "--queries"])
+        .args([
+            "--preset",
+            "tiny",
+            "--steps",
+            "12",
+            "--compare-sizes",
+            "--queries",
+        ])
         .arg(&queries)
         .arg("--out")
         .arg(&out));
     assert!(ok, "{text}");
-    assert!(text.contains("answered 4 queries"), "{text}");
+    assert_eq!(text.matches("answered 4 queries").count(), 2, "{text}");
     assert!(text.contains("report: "), "{text}");
     let report: serde_json::Value = serde_json::from_slice(
         &std::fs::read(out.join("report").join("report.json")).expect("report.json"),
     )
     .expect("parse");
-    let run0 = &report["runs"][0];
+    let runs = report["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2, "two model sizes");
+    assert_eq!(runs[1]["name"], "larger");
+    let run0 = &runs[0];
     let sections = run0["queries"].as_array().expect("queries");
     // Every query's own answer, plus the reference of each wrong one.
     let model = sections
@@ -77,18 +88,15 @@ fn train_then_report_query_inspect_and_sketch() {
     );
     let heat = run0["correlation"]["values"].as_array().expect("heatmap");
     assert_eq!(heat.len(), 4, "one row per model answer");
-    for table in [
-        "queries",
-        "answer_search",
-        "source_multipliers",
-        "correlation_matrix",
-    ] {
-        let csv = out
-            .join("report")
-            .join("tables")
-            .join("small")
-            .join(format!("{table}.csv"));
-        assert!(csv.exists(), "{}", csv.display());
+    for run in ["small", "larger"] {
+        for table in ["queries", "answer_search", "source_multipliers"] {
+            let csv = out
+                .join("report")
+                .join("tables")
+                .join(run)
+                .join(format!("{table}.csv"));
+            assert!(csv.exists(), "{}", csv.display());
+        }
     }
     let page = out.join("report").join("index.html");
     let html = std::fs::read_to_string(&page).expect("index.html");
@@ -218,10 +226,12 @@ fn render_in_chromium(page: &Path, top_text: &serde_json::Value) {
     };
     let shot = page.with_file_name("screenshot.png");
     let dom = influence_report::browser::render(page, Some(&shot), (1280, 2400)).expect("render");
-    assert!(
-        dom.contains("id=\"fig-correlation-small\""),
-        "the heatmap is on the page"
-    );
+    for run in ["small", "larger"] {
+        assert!(
+            dom.contains(&format!("id=\"fig-correlation-{run}\"")),
+            "the heatmap of {run} is on the page"
+        );
+    }
     assert!(
         dom.contains("class=\"top-doc"),
         "top documents are on the page"
