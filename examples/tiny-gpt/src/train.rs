@@ -2,6 +2,8 @@
 
 use std::time::Instant;
 
+use indicatif::{ProgressBar, ProgressStyle};
+
 use anyhow::{Context, Result};
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
@@ -302,6 +304,16 @@ pub fn train_from(
     let mut losses = Vec::with_capacity(config.steps);
     let start = Instant::now();
     let mut window_loss = 0.0;
+    // A progress bar on a terminal (hidden when stderr is not one); the loss lines go to stdout
+    // either way.
+    let bar = ProgressBar::new(config.steps as u64);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg} [{elapsed_precise}] {wide_bar} {pos}/{len} steps ({eta} left)",
+    ) {
+        bar.set_style(style);
+    }
+    bar.set_position(first as u64);
+    bar.set_message("training");
     for step in first..config.steps {
         let batch = LmBatch::new(batches.next_seqs(), device);
         let lr = config.lr_at(step);
@@ -323,18 +335,24 @@ pub fn train_from(
         let l: f32 = loss.into_scalar();
         losses.push(l);
         window_loss += f64::from(l);
+        bar.inc(1);
         if config.log_every > 0 && (step + 1) % config.log_every == 0 {
-            println!(
-                "step {:>5}/{}  loss {:.4}  lr {:.2e}  {:.1} s",
-                step + 1,
-                config.steps,
-                window_loss / config.log_every as f64,
-                lr,
-                start.elapsed().as_secs_f64()
-            );
+            let mean = window_loss / config.log_every as f64;
+            bar.set_message(format!("loss {mean:.4}"));
+            bar.suspend(|| {
+                println!(
+                    "step {:>5}/{}  loss {:.4}  lr {:.2e}  {:.1} s",
+                    step + 1,
+                    config.steps,
+                    mean,
+                    lr,
+                    start.elapsed().as_secs_f64()
+                )
+            });
             window_loss = 0.0;
         }
     }
+    bar.finish_and_clear();
     if let Some(h) = &hook {
         h.finish(&model).context("finishing the hook")?;
     }
