@@ -119,50 +119,24 @@ impl PairSummary {
 }
 
 /// Correlations between the queries of group `a` and those of group `b` (`a == b`: within one
-/// group, distinct pairs only). The statistics are those of [`PairSummary`].
+/// group, distinct pairs only). The statistics are those of [`PairSummary`] (flattened in JSON).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GroupPair {
     /// First group.
     pub a: String,
     /// Second group (equal to `a` for a within-group summary).
     pub b: String,
-    /// Number of pairs (always at least one).
-    pub pairs: usize,
-    /// Mean r.
-    pub mean: f64,
-    /// Median r.
-    pub median: f64,
-    /// Smallest r.
-    pub min: f64,
-    /// Largest r.
-    pub max: f64,
-    /// Mean |r|.
-    pub mean_abs: f64,
-    /// Pairs whose p-value is below 0.05.
-    pub significant: usize,
+    /// The pairs' statistics.
+    #[serde(flatten)]
+    pub summary: PairSummary,
 }
 
 impl GroupPair {
-    fn new(a: &str, b: &str, s: PairSummary) -> Self {
-        let PairSummary {
-            pairs,
-            mean,
-            median,
-            min,
-            max,
-            mean_abs,
-            significant,
-        } = s;
+    fn new(a: &str, b: &str, summary: PairSummary) -> Self {
         Self {
             a: a.to_owned(),
             b: b.to_owned(),
-            pairs,
-            mean,
-            median,
-            min,
-            max,
-            mean_abs,
-            significant,
+            summary,
         }
     }
 }
@@ -379,17 +353,21 @@ mod tests {
         let h = std::f64::consts::FRAC_1_SQRT_2;
         // Within reasoning: r(0,1) = 1, r(0,2) = 0, r(1,2) = 0.
         let r = &g[0];
-        assert_eq!(r.pairs, 3);
-        assert!(close(r.mean, 1.0 / 3.0, 1e-12) && close(r.median, 0.0, 1e-12));
-        assert!(close(r.max, 1.0, 1e-12) && close(r.min, 0.0, 1e-12));
+        assert_eq!(r.summary.pairs, 3);
+        assert!(close(r.summary.mean, 1.0 / 3.0, 1e-12) && close(r.summary.median, 0.0, 1e-12));
+        assert!(close(r.summary.max, 1.0, 1e-12) && close(r.summary.min, 0.0, 1e-12));
         // Within factual: r(3,4) = 0.
-        assert_eq!(g[1].pairs, 1);
-        assert!(close(g[1].mean, 0.0, 1e-12));
+        assert_eq!(g[1].summary.pairs, 1);
+        assert!(close(g[1].summary.mean, 0.0, 1e-12));
         // Between: (0,3) = h, (0,4) = h, (1,3) = h, (1,4) = h, (2,3) = h, (2,4) = −h.
         let b = &g[2];
-        assert_eq!(b.pairs, 6);
-        assert!(close(b.mean, 4.0 * h / 6.0, 1e-12), "mean = {}", b.mean);
-        assert!(close(b.mean_abs, h, 1e-12) && close(b.min, -h, 1e-12));
+        assert_eq!(b.summary.pairs, 6);
+        assert!(
+            close(b.summary.mean, 4.0 * h / 6.0, 1e-12),
+            "mean = {}",
+            b.summary.mean
+        );
+        assert!(close(b.summary.mean_abs, h, 1e-12) && close(b.summary.min, -h, 1e-12));
 
         let split = task_split(&m, &metas, "reasoning").expect("group exists");
         let same = split.same_task.expect("one arithmetic pair");

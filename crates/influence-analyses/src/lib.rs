@@ -47,7 +47,7 @@
 //! let m = correlation_matrix(&scores)?;
 //! assert!((m.r[0][1] - 1.0).abs() < 1e-12);
 //! let summaries = group_correlations(&m, &groups(&metas))?;
-//! assert_eq!((summaries[0].a.as_str(), summaries[0].pairs), ("reasoning", 1));
+//! assert_eq!((summaries[0].a.as_str(), summaries[0].summary.pairs), ("reasoning", 1));
 //!
 //! // Half of query 0's four positive documents carry 6 of its 7.5 positive units.
 //! let curve = concentration_curve(&scores[0], metas[0].nats, &[50.0, 100.0])?;

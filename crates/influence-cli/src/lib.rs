@@ -260,6 +260,43 @@ pub(crate) fn open_store_and_task<T: Task>(
     Ok((store, task))
 }
 
+/// [`analyze`] with progress bars for the query gradients and the scored rows.
+pub(crate) fn analyze_with_bars<T: Task>(
+    task: &T,
+    store: &Store,
+    queries: &[influence_analyzer::Query],
+    config: &ScoreConfig,
+    device: &burn::tensor::Device,
+) -> Result<influence_analyzer::Analysis> {
+    let windows = bar(0, "gradients");
+    let rows = bar(store.manifest().rows(), "rows");
+    let analysis = analyze(task, store, queries, config, device, &mut |p| match p {
+        Progress::Window { done, total, .. } => {
+            windows.set_length(total as u64);
+            windows.set_position(done as u64);
+        }
+        Progress::Rows { done, total } => {
+            rows.set_length(total);
+            rows.set_position(done);
+        }
+    })?;
+    windows.finish_and_clear();
+    rows.finish_and_clear();
+    Ok(analysis)
+}
+
+/// The task's corpus by document id.
+pub(crate) fn corpus_by_id<T: Task>(
+    task: &T,
+) -> Result<HashMap<u64, influence_analyzer::Document>> {
+    Ok(task
+        .corpus()
+        .map_err(|e| anyhow::anyhow!("reading the corpus: {e}"))?
+        .into_iter()
+        .map(|d| (d.id, d))
+        .collect())
+}
+
 pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
     if let Ok(style) =
@@ -348,28 +385,9 @@ fn query<T: Task>(task: &T, store: &Store, a: &QueryArgs) -> Result<()> {
     let out = output_format(a)?;
     let device = a.device.parse::<DeviceName>()?.device()?;
     let queries = read_queries(&a.queries)?;
-    let rows: u64 = store.manifest().rows();
-    let windows = bar(0, "gradients");
-    let rows_bar = bar(rows, "rows");
-    let analysis = analyze(task, store, &queries, &config, &device, &mut |p| match p {
-        Progress::Window { done, total, .. } => {
-            windows.set_length(total as u64);
-            windows.set_position(done as u64);
-        }
-        Progress::Rows { done, total } => {
-            rows_bar.set_length(total);
-            rows_bar.set_position(done);
-        }
-    })?;
-    windows.finish_and_clear();
-    rows_bar.finish_and_clear();
+    let analysis = analyze_with_bars(task, store, &queries, &config, &device)?;
     let report = analysis.report(config.top_k, config.bottom_k);
-    let corpus: HashMap<u64, influence_analyzer::Document> = task
-        .corpus()
-        .map_err(|e| anyhow::anyhow!("reading the corpus: {e}"))?
-        .into_iter()
-        .map(|d| (d.id, d))
-        .collect();
+    let corpus = corpus_by_id(task)?;
 
     let mut token_wise = Vec::new();
     if a.token_wise > 0 {

@@ -26,14 +26,15 @@ use influence_analyses as an;
 use influence_analyzer::device::DeviceName;
 use influence_analyzer::query::load_window_model;
 use influence_analyzer::{
-    Analysis, Document, Progress, Query, ScoreConfig, Task, TokenScorer, analyze, read_queries,
-    windows,
+    Analysis, Document, Query, ScoreConfig, Task, TokenScorer, read_queries, windows,
 };
 use influence_report as rp;
 use influence_store::Store;
 use serde::Serialize;
 
-use crate::{ScoringArgs, bar, open_store_and_task, score_config, snippet};
+use crate::{
+    ScoringArgs, analyze_with_bars, bar, corpus_by_id, open_store_and_task, score_config, snippet,
+};
 
 /// Arguments of `influence report`.
 #[derive(Args, Debug)]
@@ -372,27 +373,7 @@ fn analyse_run<T: Task>(
         scored_queries.len()
     );
 
-    let windows_bar = bar(0, "gradients");
-    let rows_bar = bar(store.manifest().rows(), "rows");
-    let analysis = analyze(
-        task,
-        store,
-        &scored_queries,
-        config,
-        device,
-        &mut |p| match p {
-            Progress::Window { done, total, .. } => {
-                windows_bar.set_length(total as u64);
-                windows_bar.set_position(done as u64);
-            }
-            Progress::Rows { done, total } => {
-                rows_bar.set_length(total);
-                rows_bar.set_position(done);
-            }
-        },
-    )?;
-    windows_bar.finish_and_clear();
-    rows_bar.finish_and_clear();
+    let analysis = analyze_with_bars(task, store, &scored_queries, config, device)?;
     let s = &analysis.scores.stats;
     println!(
         "scored {} completions against {} documents ({} rows) over {} window(s) in {:.1} s",
@@ -402,12 +383,7 @@ fn analyse_run<T: Task>(
         analysis.prepared.len(),
         s.wall_seconds
     );
-    let corpus: HashMap<u64, Document> = task
-        .corpus()
-        .map_err(|e| anyhow::anyhow!("reading the corpus: {e}"))?
-        .into_iter()
-        .map(|d| (d.id, d))
-        .collect();
+    let corpus = corpus_by_id(task)?;
     let results = Results::compute(&analysis, &meta, &corpus, &a.top_n)?;
     let tokens = token_wise(task, store, &analysis, &corpus, a, device)?;
     results.print_headline(name);
@@ -630,10 +606,10 @@ impl Results {
         }
         println!("{name}: mean Pearson r of influence between queries:");
         for p in self.group_pairs.iter().chain(&self.task_pairs) {
-            if p.pairs > 0 {
+            if p.summary.pairs > 0 {
                 println!(
                     "  {:<12} × {:<12} {:>4} pairs  mean {:+.3}  max {:+.3}",
-                    p.a, p.b, p.pairs, p.mean, p.max
+                    p.a, p.b, p.summary.pairs, p.summary.mean, p.summary.max
                 );
             }
         }
@@ -864,16 +840,16 @@ impl Results {
                 .iter()
                 .map(|p| ("group", p))
                 .chain(self.task_pairs.iter().map(|p| ("task", p)))
-                .filter(|(_, p)| p.pairs > 0)
+                .filter(|(_, p)| p.summary.pairs > 0)
                 .map(|(by, p)| {
                     vec![
                         Text(by.into()),
                         Text(p.a.clone()),
                         Text(p.b.clone()),
-                        Int(p.pairs as i64),
-                        Number(p.mean),
-                        Number(p.min),
-                        Number(p.max),
+                        Int(p.summary.pairs as i64),
+                        Number(p.summary.mean),
+                        Number(p.summary.min),
+                        Number(p.summary.max),
                     ]
                 })
                 .collect(),

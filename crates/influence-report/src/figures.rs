@@ -29,6 +29,23 @@ pub(crate) struct Figure {
 
 const FONT: &str = "sans-serif";
 /// plotters writes `font-size = size / 1.24` into the SVG; this gives `px` pixels.
+/// Draws the series legend at `position` and writes the figure.
+fn finish_with_legend<'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+    root: &DrawingArea<SVGBackend<'a>, plotters::coord::Shift>,
+    position: SeriesLabelPosition,
+) -> DrawResult {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .label_font(font(12.0))
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(180, 180, 180))
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
 fn font(px: f64) -> TextStyle<'static> {
     (FONT, px * 1.24).into_font().into()
 }
@@ -462,15 +479,7 @@ fn curves(
                 PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
             });
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .label_font(font(12.0))
-        .background_style(WHITE.mix(0.85))
-        .border_style(RGBColor(180, 180, 180))
-        .draw()?;
-    root.present()?;
-    Ok(())
+    finish_with_legend(&mut chart, &root, SeriesLabelPosition::LowerRight)
 }
 
 /// Grouped bars: one group of bars per category, one bar per series; a missing value draws no
@@ -589,15 +598,7 @@ fn bars(
         };
         root.draw(&Text::new(c.to_string(), (at.0, at.1 + 6), style))?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .label_font(font(12.0))
-        .background_style(WHITE.mix(0.85))
-        .border_style(RGBColor(180, 180, 180))
-        .draw()?;
-    root.present()?;
-    Ok(())
+    finish_with_legend(&mut chart, &root, SeriesLabelPosition::UpperRight)
 }
 
 #[cfg(test)]
