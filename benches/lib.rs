@@ -56,10 +56,11 @@ impl Bench {
         hook: Option<(HookConfig, Box<dyn Sink>)>,
     ) -> Self {
         let device = Device::default().autodiff();
-        device.seed(1);
         let hook = hook.map(|(c, sink)| Hook::new(c, sink).expect("hook config"));
         let tap = hook.as_ref().map_or_else(Tap::detached, Hook::tap);
-        let model = config.model(prepared.bpe.vocab_size()).init(&device, &tap);
+        let model = influence_hook::seeded(&device, 1, || {
+            config.model(prepared.bpe.vocab_size()).init(&device, &tap)
+        });
         let mut it = Batches::new(&prepared.tokens, config.seq_len, config.batch_size, 7);
         let batches = (0..8)
             .map(|_| LmBatch::new(it.next_seqs(), &device))

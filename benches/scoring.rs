@@ -40,10 +40,12 @@ fn bench(c: &mut Criterion) {
     let prepared = prepare(&config).expect("corpus");
     let dir = tempfile::tempdir().expect("tmp");
     let device = Device::flex();
-    device.clone().autodiff().seed(config.seed);
-    let model = config
-        .model(prepared.bpe.vocab_size())
-        .init(&device.clone().autodiff(), &Tap::detached());
+    let ad = device.clone().autodiff();
+    let model = influence_hook::seeded(&ad, config.seed, || {
+        config
+            .model(prepared.bpe.vocab_size())
+            .init(&ad, &Tap::detached())
+    });
     model.save_file(dir.path().join("model")).expect("save");
     let ckpt = dir.path().join("model.bpk");
     let task = GptTask::new(config.clone(), prepared.bpe).expect("task");

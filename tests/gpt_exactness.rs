@@ -29,7 +29,6 @@ fn layers(m: &Gpt) -> Vec<&TrackedLinear> {
 #[test]
 fn per_document_gradients_in_the_gpt_equal_autodiff_alone() {
     let device = Device::flex().autodiff();
-    device.seed(3);
     let sink = MemorySink::new();
     let config = HookConfig::default()
         .projection(ProjectionKind::Identity)
@@ -38,14 +37,16 @@ fn per_document_gradients_in_the_gpt_equal_autodiff_alone() {
         .fit_batches(1);
     let hook = Hook::<LmBatch>::new(config, sink.clone()).expect("config");
     let vocab = 40;
-    let model = GptConfig::new(vocab)
-        .with_d_model(16)
-        .with_n_layers(2)
-        .with_n_heads(2)
-        .with_d_ff(32)
-        .with_max_pos(SEQ)
-        .with_track_head(true)
-        .init(&device, &hook.tap());
+    let model = influence_hook::seeded(&device, 3, || {
+        GptConfig::new(vocab)
+            .with_d_model(16)
+            .with_n_layers(2)
+            .with_n_heads(2)
+            .with_d_ff(32)
+            .with_max_pos(SEQ)
+            .with_track_head(true)
+            .init(&device, &hook.tap())
+    });
     let names = hook.tap().layer_names();
     assert_eq!(names.len(), 9);
     assert_eq!(names[0], "blocks.0.attn.qkv");

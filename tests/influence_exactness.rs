@@ -385,8 +385,7 @@ fn random_linear() -> (LinearTask, PathBuf, Vec<Query>, tempfile::TempDir) {
     };
     let dir = tempfile::tempdir().expect("tmp");
     let device = cpu().autodiff();
-    device.seed(5);
-    task.model(&Tap::detached(), &device, false)
+    influence_hook::seeded(&device, 5, || task.model(&Tap::detached(), &device, false))
         .save_file(dir.path().join("model"))
         .expect("save");
     (task, dir.path().join("model.bpk"), queries, dir)
@@ -457,7 +456,8 @@ fn ekfac_is_exact_where_the_fisher_is_diagonal_in_the_eigenbasis() {
         batch: 3,
     };
     let dir = tempfile::tempdir().expect("tmp");
-    task.model(&Tap::detached(), &cpu().autodiff(), true)
+    let device = cpu().autodiff();
+    influence_hook::unseeded(|| task.model(&Tap::detached(), &device, true))
         .save_file(dir.path().join("model"))
         .expect("save");
     let queries: Vec<Query> = [

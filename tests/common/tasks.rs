@@ -119,7 +119,7 @@ impl Task for LinearTask {
         tap: &Tap,
         device: &Device,
     ) -> Result<LinearModel, TaskError> {
-        self.model(tap, device, false)
+        influence_hook::unseeded(|| self.model(tap, device, false))
             .try_load_file(checkpoint)
             .map_err(|e| e.to_string().into())
     }

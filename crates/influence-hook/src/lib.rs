@@ -54,6 +54,9 @@
 //! assert_eq!(store.batches[0].sketches[0].len(), 2 * 2);
 //! ```
 
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{Bool, Device, Int, Tensor};
+
 mod config;
 mod hook;
 mod kernels;
@@ -64,6 +67,65 @@ pub use config::{HookConfig, SketchSize};
 pub use hook::{DocRef, FitLabels, FitLoss, Hook, StepBatch};
 pub use probe::{DocumentGradients, Probe};
 pub use tap::{LayerTap, Tap, TrackedLinear};
+
+/// Builds a module with `device` seeded to `seed`, holding a process-wide lock while every
+/// parameter is drawn.
+///
+/// burn's seed is one random generator per backend and process, and parameters are initialised
+/// lazily, on first use: two threads that seed and build models at the same time draw from each
+/// other's stream, and neither gets the initialisation its seed promises (tests run in parallel
+/// threads; so do parallel retraining runs). `seeded` seeds, builds and then touches every
+/// parameter inside the lock, so the module depends on `seed` alone, as long as every other
+/// initialisation in the process goes through [`seeded`] or [`unseeded`].
+///
+/// ```
+/// use burn::nn::LinearConfig;
+/// use burn::tensor::Device;
+///
+/// let device = Device::flex();
+/// let a = influence_hook::seeded(&device, 7, || LinearConfig::new(3, 2).init(&device));
+/// let b = influence_hook::seeded(&device, 7, || LinearConfig::new(3, 2).init(&device));
+/// assert_eq!(a.weight.val().into_data(), b.weight.val().into_data());
+/// ```
+pub fn seeded<M: Module>(device: &Device, seed: u64, init: impl FnOnce() -> M) -> M {
+    let _guard = init_lock();
+    device.seed(seed);
+    materialized(init())
+}
+
+/// Builds a module under [`seeded`]'s lock without seeding: for a model built only to load a
+/// checkpoint into, whose random draws must not land inside another thread's seeded
+/// initialisation.
+pub fn unseeded<M: Module>(init: impl FnOnce() -> M) -> M {
+    let _guard = init_lock();
+    materialized(init())
+}
+
+fn init_lock() -> std::sync::MutexGuard<'static, ()> {
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A panic inside another initialisation poisons the lock but leaves nothing half-done that
+    // matters here: the next caller re-seeds.
+    INIT.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Draws every lazily initialised parameter of `module` now.
+fn materialized<M: Module>(module: M) -> M {
+    struct Touch;
+    impl ModuleVisitor for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let _ = param.base();
+        }
+        fn visit_int<const D: usize>(&mut self, param: &Param<Tensor<D, Int>>) {
+            let _ = param.base();
+        }
+        fn visit_bool<const D: usize>(&mut self, param: &Param<Tensor<D, Bool>>) {
+            let _ = param.base();
+        }
+    }
+    module.visit(&mut Touch);
+    module
+}
 
 /// Errors of the hook; each names the layer, field or call at fault.
 #[derive(Debug, thiserror::Error)]

@@ -107,9 +107,7 @@ impl Task for GptTask {
     type Batch = LmBatch;
 
     fn load_model(&self, checkpoint: &Path, tap: &Tap, device: &Device) -> Result<Gpt, TaskError> {
-        self.config
-            .model(self.bpe.vocab_size())
-            .init(device, tap)
+        influence_hook::unseeded(|| self.config.model(self.bpe.vocab_size()).init(device, tap))
             .try_load_file(checkpoint)
             .map_err(|e| format!("{}: {e}", checkpoint.display()).into())
     }

@@ -239,20 +239,22 @@ pub struct TrainReport {
     pub seconds: f64,
 }
 
-/// Seeds `device`, creates the hook when a sink is given, and initialises the model with its tap.
+/// Creates the hook when a sink is given and initialises the model with its tap from
+/// `config.seed` (under [`influence_hook::seeded`], so concurrent runs do not disturb each other).
 pub fn init_model(
     config: &TrainConfig,
     prepared: &Prepared,
     device: &Device,
     sink: Option<Box<dyn Sink>>,
 ) -> Result<(Option<Hook<LmBatch>>, Gpt)> {
-    device.seed(config.seed);
     let hook = match sink {
         Some(sink) => Some(Hook::<LmBatch>::new(config.hook.clone(), sink)?),
         None => None,
     };
     let tap = hook.as_ref().map_or_else(Tap::detached, Hook::tap);
-    let model = config.model(prepared.bpe.vocab_size()).init(device, &tap);
+    let model = influence_hook::seeded(device, config.seed, || {
+        config.model(prepared.bpe.vocab_size()).init(device, &tap)
+    });
     Ok((hook, model))
 }
 
