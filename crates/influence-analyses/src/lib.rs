@@ -75,6 +75,7 @@ mod error;
 mod layers;
 mod sources;
 mod stats;
+mod validation;
 
 use serde::{Deserialize, Serialize};
 
@@ -94,6 +95,10 @@ pub use sources::{
     ranking_by_score, source_multipliers,
 };
 pub use stats::{TTest, pearson_p, two_sided_t_p, welch_t_test};
+pub use validation::{
+    BOOTSTRAP_RESAMPLES, Lds, MeanCi, average_ranks, bootstrap_mean_ci, lds, pearson, spearman,
+    subset_predictions, top_k_overlap,
+};
 
 /// What the analyses need to know about a query.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -4,7 +4,9 @@
 //! * [`tokenizer`]: byte-level BPE trained on them with Hugging Face `tokenizers`;
 //! * [`data`]: packing into sequences with per-document positions and attention;
 //! * [`model`]: the GPT, every Linear a `TrackedLinear`;
-//! * [`train`]: the hand-written loop; [`learner`]: the same with burn-train's `Learner`.
+//! * [`train`]: the hand-written loop; [`learner`]: the same with burn-train's `Learner`;
+//! * [`validate`]: retraining on subsets of the corpus, LDS, top-k removal and the price of
+//!   sketching (`docs/accuracy.md`).
 
 pub mod corpus;
 pub mod data;
@@ -13,3 +15,4 @@ pub mod model;
 pub mod task;
 pub mod tokenizer;
 pub mod train;
+pub mod validate;

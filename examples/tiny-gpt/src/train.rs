@@ -280,6 +280,23 @@ pub fn train_from(
     sink: Option<Box<dyn Sink>>,
     resume: Option<&ResumePoint>,
 ) -> Result<TrainReport> {
+    train_on(config, prepared, &prepared.tokens, device, sink, resume)
+}
+
+/// [`train_from`] on `tokens` (a subset of `prepared.tokens`, say) instead of the whole corpus;
+/// the tokenizer and the initialisation are `prepared`'s and `config`'s. With
+/// `config.log_every == 0` it trains silently: no progress bar, no loss lines.
+pub fn train_on(
+    config: &TrainConfig,
+    prepared: &Prepared,
+    tokens: &[TokenDoc],
+    device: &Device,
+    sink: Option<Box<dyn Sink>>,
+    resume: Option<&ResumePoint>,
+) -> Result<TrainReport> {
+    if tokens.is_empty() {
+        anyhow::bail!("training on an empty set of documents");
+    }
     let (hook, mut model) = init_model(config, prepared, device, sink)?;
     let first = resume.map_or(0, |r| r.step);
     if let Some(r) = resume {
@@ -294,12 +311,7 @@ pub fn train_from(
     }
     let first = usize::try_from(first).context("resume step")?;
     let mut optim = AdamConfig::new().init();
-    let mut batches = Batches::new(
-        &prepared.tokens,
-        config.seq_len,
-        config.batch_size,
-        config.seed,
-    );
+    let mut batches = Batches::new(tokens, config.seq_len, config.batch_size, config.seed);
     for _ in 0..first {
         batches.next_seqs();
     }
@@ -308,7 +320,11 @@ pub fn train_from(
     let mut window_loss = 0.0;
     // A progress bar on a terminal (hidden when stderr is not one); the loss lines go to stdout
     // either way.
-    let bar = ProgressBar::new(config.steps as u64);
+    let bar = if config.log_every > 0 {
+        ProgressBar::new(config.steps as u64)
+    } else {
+        ProgressBar::hidden()
+    };
     if let Ok(style) = ProgressStyle::with_template(
         "{msg} [{elapsed_precise}] {wide_bar} {pos}/{len} steps ({eta} left)",
     ) {

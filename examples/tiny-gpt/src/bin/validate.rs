@@ -1,0 +1,110 @@
+//! `validate`: the validation study of `docs/accuracy.md` — LDS against retraining on random
+//! halves of the corpus, top-k removal, and the price of sketching.
+//!
+//! ```text
+//! cargo run --release -p tiny-gpt --bin validate              # the full study (tables → OUT/study.md)
+//! cargo run --release -p tiny-gpt --bin validate -- --preset ci
+//! ```
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, ValueEnum};
+use tiny_gpt::validate::{Plan, StudyConfig, retrain_plan, run_study};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Preset {
+    /// The study of docs/accuracy.md.
+    Study,
+    /// The reduced check CI runs.
+    Ci,
+}
+
+/// Validate the influence scores of the example against retraining.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Settings preset.
+    #[arg(long, value_enum, default_value = "study")]
+    preset: Preset,
+    /// Read the whole study configuration from a JSON file (as written to OUT/config.json).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Queries (JSON lines with prompt and reference completion).
+    #[arg(long, default_value = "examples/tiny-gpt/queries.jsonl")]
+    queries: PathBuf,
+    /// Output directory: stores, the retraining cache (reused by a later run), study.json,
+    /// study.md.
+    #[arg(long, default_value = "runs/validate")]
+    out: PathBuf,
+    /// Override the number of random subsets.
+    #[arg(long)]
+    subsets: Option<usize>,
+    /// Retraining runs at a time (default: one per core).
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// Stop before retraining and write the runs to OUT/plan.json (to train them elsewhere with
+    /// --retrain, then run the study again here: every run then comes from OUT/cache).
+    #[arg(long)]
+    plan: bool,
+    /// Train the runs of a plan file into OUT/cache, and nothing else.
+    #[arg(long, value_name = "PLAN", conflicts_with = "plan")]
+    retrain: Option<PathBuf>,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("{}: the study configuration", path.display()))?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("{}: invalid study configuration", path.display()))?
+        }
+        None => match args.preset {
+            Preset::Study => StudyConfig::study(),
+            Preset::Ci => StudyConfig::ci(),
+        },
+    };
+    if let Some(m) = args.subsets {
+        config.subsets = m;
+    }
+    if let Some(j) = args.jobs {
+        config.jobs = j;
+    }
+    std::fs::create_dir_all(&args.out).with_context(|| format!("{}", args.out.display()))?;
+    let log = |line: String| println!("{line}");
+    if let Some(path) = &args.retrain {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: the plan", path.display()))?;
+        let plan: Plan = serde_json::from_str(&text)
+            .with_context(|| format!("{}: invalid plan", path.display()))?;
+        let jobs = args.jobs.unwrap_or(plan.config.jobs);
+        let trained = retrain_plan(&plan, &args.out.join("cache"), jobs, &log)?;
+        println!(
+            "{trained} runs trained into {}",
+            args.out.join("cache").display()
+        );
+        return Ok(());
+    }
+    std::fs::write(
+        args.out.join("config.json"),
+        serde_json::to_string_pretty(&config)?,
+    )?;
+    let queries = influence_analyzer::read_queries(&args.queries)?;
+    let Some(report) = run_study(&config, &queries, &args.out, args.plan, &log)? else {
+        return Ok(());
+    };
+    println!("\n{}", report.markdown());
+    println!(
+        "written: {} and {}",
+        args.out.join("study.md").display(),
+        args.out.join("study.json").display()
+    );
+    Ok(())
+}
