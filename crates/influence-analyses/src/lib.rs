@@ -10,6 +10,7 @@
 //! | query×query correlation | [`correlation_matrix`], [`group_correlations`], [`task_split`] |
 //! | concentration | [`concentration_curve`], [`group_mean_curves`], [`power_law_slope`], [`welch_t_test`] |
 //! | answer search | [`answer_search`], [`contains_answer`], [`answer_search_rates`] |
+//! | validation study (LDS) | [`pearson`], [`spearman`], [`top_k_overlap`], [`bootstrap_mean_ci`], [`subset_predictions`], [`lds`] |
 //! | sources | [`ranking_by_score`], [`default_ks`], [`source_multipliers`], [`query_source_multipliers`], [`mean_multipliers`] |
 //! | layers | [`layer_shares`], [`group_layer_shares`] |
 //!
