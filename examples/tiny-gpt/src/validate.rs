@@ -412,8 +412,9 @@ pub struct RemovalRow {
     pub summary: MeanCi,
     /// Median.
     pub median: f64,
-    /// Fraction of (query, seed) pairs where the fall exceeds the random removal's.
-    pub beats_random: f64,
+    /// Fraction of (query, seed) pairs where the fall exceeds the random removal's (`None` for
+    /// the random removal itself).
+    pub beats_random: Option<f64>,
 }
 
 /// One point of the price curve.
@@ -890,9 +891,13 @@ pub fn run_study(
     let removal = names
         .iter()
         .zip(&deltas)
-        .map(|(name, d)| {
-            let beats = d.iter().zip(&deltas[2]).filter(|(x, r)| x < r).count() as f64
-                / d.len().max(1) as f64;
+        .enumerate()
+        .map(|(c, (name, d))| {
+            // The random removal is the reference, not a contender.
+            let beats = (c != 2).then(|| {
+                d.iter().zip(&deltas[2]).filter(|(x, r)| x < r).count() as f64
+                    / d.len().max(1) as f64
+            });
             Ok(RemovalRow {
                 removed: name.clone(),
                 deltas: d.clone(),
@@ -902,7 +907,7 @@ pub fn run_study(
                     influence_analyses::BOOTSTRAP_RESAMPLES,
                     config.subset_seed,
                 )?,
-                median: median(d),
+                median: quantile(d, 0.5),
                 beats_random: beats,
             })
         })
@@ -926,18 +931,16 @@ pub fn run_study(
     Ok(Some(report))
 }
 
-fn median(xs: &[f64]) -> f64 {
+/// Linear-interpolation quantile (numpy's default); `NaN` for an empty slice.
+fn quantile(xs: &[f64], p: f64) -> f64 {
     if xs.is_empty() {
         return f64::NAN;
     }
     let mut v = xs.to_vec();
     v.sort_by(f64::total_cmp);
-    let m = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[m]
-    } else {
-        0.5 * (v[m - 1] + v[m])
-    }
+    let h = p.clamp(0.0, 1.0) * (v.len() - 1) as f64;
+    let (lo, hi) = (h.floor() as usize, h.ceil() as usize);
+    v[lo] + (h - lo as f64) * (v[hi] - v[lo])
 }
 
 impl StudyReport {
@@ -949,8 +952,8 @@ impl StudyReport {
         let _ = writeln!(
             s,
             "{} documents ({} tokens), {} queries, {} subsets keeping {:.0} %; model d={} layers={}, \
-             {} steps of {}×{} on the full corpus (final loss {:.3}); {} retraining runs trained \
-             ({:.1} s each), {} read from the cache; {:.0} s in all.\n",
+             {} steps of {}×{} on the full corpus (final loss {:.3}); {} retraining runs trained{}, \
+             {} read from the cache; {:.0} s in all.\n",
             self.documents,
             self.tokens,
             self.queries.len(),
@@ -963,7 +966,11 @@ impl StudyReport {
             c.train.seq_len,
             self.final_loss,
             self.runs.0,
-            self.runs.2,
+            if self.runs.0 > 0 {
+                format!(" ({:.1} s each)", self.runs.2)
+            } else {
+                String::new()
+            },
             self.runs.1,
             self.seconds
         );
@@ -985,21 +992,27 @@ impl StudyReport {
         }
         let _ = writeln!(
             s,
-            "\n| removed ({} queries × {} seeds) | mean Δ log p | 95 % CI | median | falls more than random |",
+            "\n| removed ({} queries × {} seeds) | mean Δ log p | 95 % CI | min | 25 % | median | 75 % | max | falls more than random |",
             c.removal_queries.min(self.queries.len()),
             c.removal_seeds.len()
         );
-        let _ = writeln!(s, "| --- | --- | --- | --- | --- |");
+        let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
         for r in &self.removal {
+            let q = |p: f64| quantile(&r.deltas, p);
             let _ = writeln!(
                 s,
-                "| {} | {:+.3} | [{:+.3}, {:+.3}] | {:+.3} | {:.0} % |",
+                "| {} | {:+.3} | [{:+.3}, {:+.3}] | {:+.2} | {:+.2} | {:+.2} | {:+.2} | {:+.2} | {} |",
                 r.removed,
                 r.summary.mean,
                 r.summary.low,
                 r.summary.high,
+                q(0.0),
+                q(0.25),
                 r.median,
-                r.beats_random * 100.0
+                q(0.75),
+                q(1.0),
+                r.beats_random
+                    .map_or("—".into(), |b| format!("{:.0} %", b * 100.0))
             );
         }
         let _ = writeln!(

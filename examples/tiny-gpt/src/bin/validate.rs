@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
-use tiny_gpt::validate::{Plan, StudyConfig, retrain_plan, run_study};
+use tiny_gpt::validate::{Plan, StudyConfig, StudyReport, retrain_plan, run_study};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Preset {
@@ -50,6 +50,10 @@ struct Args {
     /// Train the runs of a plan file into OUT/cache, and nothing else.
     #[arg(long, value_name = "PLAN", conflicts_with = "plan")]
     retrain: Option<PathBuf>,
+    /// Print the tables of a finished study's study.json again (to OUT/study.md too), and
+    /// nothing else.
+    #[arg(long, value_name = "STUDY_JSON", conflicts_with_all = ["plan", "retrain"])]
+    render: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -79,6 +83,15 @@ fn main() -> Result<()> {
     }
     std::fs::create_dir_all(&args.out).with_context(|| format!("{}", args.out.display()))?;
     let log = |line: String| println!("{line}");
+    if let Some(path) = &args.render {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: the study results", path.display()))?;
+        let report: StudyReport = serde_json::from_str(&text)
+            .with_context(|| format!("{}: invalid study results", path.display()))?;
+        std::fs::write(args.out.join("study.md"), report.markdown())?;
+        println!("{}", report.markdown());
+        return Ok(());
+    }
     if let Some(path) = &args.retrain {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("{}: the plan", path.display()))?;
