@@ -16,3 +16,12 @@ pub mod task;
 pub mod tokenizer;
 pub mod train;
 pub mod validate;
+
+/// Logs of the example's binaries to stderr: `RUST_LOG` when set, warnings otherwise.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+}

@@ -72,11 +72,7 @@ struct Args {
 const QUERIES: &str = include_str!("../queries.jsonl");
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    tiny_gpt::init_logging();
     let args = Args::parse();
     if args.resume && !matches!(args.train_loop, Loop::Manual) {
         anyhow::bail!("--resume works with --loop manual");

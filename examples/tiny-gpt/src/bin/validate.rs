@@ -57,11 +57,7 @@ struct Args {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    tiny_gpt::init_logging();
     let args = Args::parse();
     let mut config = match &args.config {
         Some(path) => {
