@@ -547,3 +547,92 @@ fn sketch_error_shrinks_like_one_over_sqrt_k() {
     assert!((-0.7..-0.3).contains(&slope), "slope {slope} is not ≈ −1/2");
     assert!(errs[5] < errs[0] / 3.0, "{errs:?}");
 }
+
+/// Post hoc, eigenbasis sketches score exactly EK-FAC restricted to the kept coordinates: the
+/// reference rotates every exact per-document gradient (an identity store of the same
+/// checkpoint and documents) into the recorded basis, takes Λ on the kept coordinates as their
+/// mean square over every document and the full EK-FAC damping, and sums over the kept
+/// coordinates. Tolerance 1e-4 of the largest |score|, as for the dense solve (f32 sketches and
+/// matmuls).
+#[test]
+fn eigenbasis_sketches_equal_ekfac_restricted_to_the_kept_coordinates() {
+    use influence_core::{CoordinateSelection, SketchScheme};
+    let g = gpt();
+    let dir = tempfile::tempdir().expect("tmp");
+    let exact = sketch(&g.task, &g.ckpt, &dir.path().join("exact"), exact_hook());
+    let eigen_hook = HookConfig::default()
+        .factor_every(1)
+        .fit_batches(10_000)
+        .k_a(3)
+        .k_g(3)
+        .sketch_scheme(SketchScheme::Eigenbasis {
+            select: CoordinateSelection::Eigenvalue,
+            max_side: 64,
+        });
+    let eigen = sketch(&g.task, &g.ckpt, &dir.path().join("eigen"), eigen_hook);
+    let s = scores(&g.task, &eigen, &g.queries, Strategy::Ekfac);
+
+    let device = cpu();
+    let (model, probe) = load_window_model(&g.task, &exact, 0, &device).expect("model");
+    let qg = query_gradients(&g.task, &model, &probe, &g.queries, 3, &device).expect("grads");
+    let exact_factors = exact.factors(0).expect("factors");
+    let prepared = influence_analyzer::query::prepare(
+        exact.run(),
+        &exact_factors,
+        &qg,
+        &ScoreConfig::default(),
+    )
+    .expect("prepare");
+    let factors = eigen.factors(0).expect("factors");
+    let docs = stored_gradients(&exact);
+    // Per layer: the basis, each document's kept coordinates, Λ on them.
+    let mut layers = Vec::new();
+    let mut offset = 0;
+    for (l, spec) in exact.run().layers.iter().enumerate() {
+        let (d_out, d_in) = (spec.d_out, spec.d_in_aug());
+        let n = d_out * d_in;
+        let basis = factors.layers[l].sketch_basis.clone().expect("basis");
+        assert_eq!(basis.coords.len(), 9);
+        let coords: Vec<Vec<f64>> = docs
+            .iter()
+            .map(|(_, gn)| {
+                influence_ekfac::basis_coordinates(&basis, &gn[offset..offset + n], d_out, d_in)
+            })
+            .collect();
+        let lam: Vec<f64> = (0..9)
+            .map(|c| coords.iter().map(|v| v[c] * v[c]).sum::<f64>() / docs.len() as f64)
+            .collect();
+        layers.push((basis, coords, lam, d_out, d_in));
+        offset += n;
+    }
+    for qi in 0..g.queries.len() {
+        let want: Vec<f64> = (0..docs.len())
+            .map(|d| {
+                layers
+                    .iter()
+                    .enumerate()
+                    .map(|(l, (basis, coords, lam, d_out, d_in))| {
+                        let n = d_out * d_in;
+                        let q = &qg.grads[l][qi * n..(qi + 1) * n];
+                        let rq = influence_ekfac::basis_coordinates(basis, q, *d_out, *d_in);
+                        (0..9)
+                            .map(|c| rq[c] * coords[d][c] / (lam[c] + prepared.damping[l]))
+                            .sum::<f64>()
+                    })
+                    .sum()
+            })
+            .collect();
+        let got: Vec<f64> = docs
+            .iter()
+            .map(|(id, _)| {
+                let d = s.docs.iter().position(|x| x.id == *id).expect("doc scored");
+                s.score(d, qi)
+            })
+            .collect();
+        let e = max_rel(&got, &want);
+        assert!(
+            e < 1e-4,
+            "query {qi}: eigenbasis vs restricted EK-FAC, max rel err {e:.2e}"
+        );
+    }
+}

@@ -401,3 +401,76 @@ fn sampled_fisher_path_re_estimates_s_from_the_re_run() {
     let (ce, cs) = (emp.corrected.expect("Λ"), smp.corrected.expect("Λ"));
     assert!(rel_err(&cs, &ce) < 1e-4, "Λ: {}", rel_err(&cs, &ce));
 }
+
+/// Eigenbasis sketches: the first window's basis is fitted on its first batch (warm-up), later
+/// windows use the previous window's factors; every stored row is the exact gradient's
+/// coordinates `(P_gᵀ G_n P_a)[c]` in the recorded basis, and the recorded second moment is the
+/// mean square of the window's rows (tolerance as for the random sketches: f32 on the device).
+#[test]
+fn eigenbasis_sketches_are_coordinates_of_exact_gradients_in_the_recorded_basis() {
+    use influence_core::{CoordinateSelection, SketchScheme};
+    let config = exact_config(LossReduction::MeanOverTokens)
+        .projection(ProjectionKind::Rademacher)
+        .k_a(3)
+        .k_g(2)
+        .sketch_scheme(SketchScheme::Eigenbasis {
+            select: CoordinateSelection::Eigenvalue,
+            max_side: 3,
+        });
+    let f = fixture(config);
+    let (it, sb) = batch(&f, LossReduction::MeanOverTokens);
+    for _ in 0..2 {
+        f.hook.arm();
+        let mut grads = f.net.fit_loss(&it, FitLabels::Empirical).backward();
+        f.hook.capture(&mut grads, &sb, &it).expect("capture");
+        f.hook.end_step(0.1, &f.net).expect("end step");
+    }
+    f.hook.finish(&f.net).expect("finish");
+    let store = f.sink.store().clone();
+    assert_eq!(store.windows.len(), 2);
+    let reference = reference_grads(&f);
+    for (w, window) in store.windows.iter().enumerate() {
+        let basis = window.layers[0]
+            .sketch_basis
+            .as_ref()
+            .expect("eigenbasis windows record their basis");
+        assert_eq!(basis.from_window, 0, "window {w}");
+        assert_eq!((basis.coords.len(), basis.rows), (6, DOCS as u64));
+        let batch = &store.batches[w];
+        let mut square = [0.0f64; 6];
+        for (d, g) in reference.iter().enumerate() {
+            let want = influence_ekfac::basis_coordinates(basis, g, D_OUT, D_IN + 1);
+            let row = batch
+                .rows
+                .iter()
+                .position(|r| r.doc_id == 100 + d as u64)
+                .expect("row");
+            let got: Vec<f64> = batch
+                .sketch(0, row, 6)
+                .expect("sketch")
+                .iter()
+                .map(|&v| f64::from(v))
+                .collect();
+            let e = rel_err(&got, &want);
+            assert!(e < 1e-5, "window {w} doc {d}: {e}");
+            for (s, v) in square.iter_mut().zip(&got) {
+                *s += v * v / DOCS as f64;
+            }
+        }
+        let moment = basis.second_moment.as_ref().expect("closed window");
+        assert!(rel_err(moment, &square) < 1e-5, "window {w}");
+    }
+    // Window 1's basis is window 0's eigenbasis, chosen by its corrected eigenvalues.
+    let mut w0 = store.windows[0].layers[0].clone();
+    w0.sketch_basis = None;
+    let lagged = influence_ekfac::eigen_sketch_basis(&w0, 0, 6, CoordinateSelection::Eigenvalue, 3)
+        .expect("basis");
+    let got = store.windows[1].layers[0]
+        .sketch_basis
+        .as_ref()
+        .expect("basis");
+    assert_eq!(
+        (&got.coords, &got.p_a, &got.p_g),
+        (&lagged.coords, &lagged.p_a, &lagged.p_g)
+    );
+}

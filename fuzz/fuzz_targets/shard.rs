@@ -28,6 +28,7 @@ fuzz_target!(|data: &[u8]| {
         loss_reduction: LossReduction::Sum,
         window_steps: 1 << 40,
         fisher: FisherLabels::Empirical,
+        sketch_scheme: Default::default(),
     };
     let shard = ShardEntry {
         file: FileEntry {

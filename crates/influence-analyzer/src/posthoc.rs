@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use burn::tensor::Device;
-use influence_core::Sink;
-use influence_hook::{FitLabels, FitLoss, Hook, HookConfig, Probe};
+use influence_core::{MemorySink, Sink, SketchScheme, WindowRecord};
+use influence_hook::{FitLabels, FitLoss, Hook, HookConfig, Probe, StepBatch};
 use influence_store::Store;
 use serde::Serialize;
 
@@ -27,7 +27,8 @@ pub struct SketchSummary {
 /// Sketches `docs` at `checkpoint` into `sink` (normally a new
 /// [`influence_store::StoreWriter`]) without changing the model: every batch is one step of a
 /// single window with learning rate 1, whose factors and corrected eigenvalues are fitted at
-/// the checkpoint. `config`'s layers, sketch sizes, projection and fit settings apply; its
+/// the checkpoint. Under [`SketchScheme::Eigenbasis`] a first pass fits the checkpoint's factors
+/// and the sketches are then the documents' coordinates in their own eigenbasis (two passes). `config`'s layers, sketch sizes, projection and fit settings apply; its
 /// `loss_reduction` is set from the task and `window_steps` to the number of batches.
 ///
 /// `progress` is called with the batches done.
@@ -50,27 +51,88 @@ pub fn sketch_corpus<T: Task>(
     }
     config.loss_reduction = task.loss_reduction();
     config.window_steps = batches.len() as u64;
-    let hook = Hook::<T::Batch>::new(config, sink)?;
-    let model = task
-        .load_model(checkpoint, &hook.tap(), &device)
-        .map_err(AnalyzerError::task(format!(
-            "loading the checkpoint {}",
-            checkpoint.display()
-        )))?;
-    let total = batches.len();
-    for (i, (batch, step)) in batches.iter().enumerate() {
-        hook.arm();
-        let mut grads = model.fit_loss(batch, FitLabels::Empirical).backward();
-        hook.capture(&mut grads, step, batch)?;
-        hook.end_step(1.0, &model)?;
-        progress(i + 1, total);
-    }
-    hook.finish(&model)?;
+    let eigen = matches!(config.sketch_scheme, SketchScheme::Eigenbasis { .. });
+    let total = batches.len() * if eigen { 2 } else { 1 };
+    let mut done = 0;
+    let basis =
+        if eigen {
+            // Eigenbasis sketches need the checkpoint's own factors first: a pass without sketches.
+            let fit = MemorySink::new();
+            let pass = config
+                .clone()
+                .sketches(false)
+                .sketch_scheme(SketchScheme::Random);
+            run_pass(
+                task,
+                checkpoint,
+                &batches,
+                pass,
+                fit.clone(),
+                None,
+                &device,
+                &mut |_| {
+                    done += 1;
+                    progress(done, total);
+                },
+            )?;
+            let window = fit.store().windows.pop();
+            Some(window.ok_or_else(|| {
+                AnalyzerError::Mismatch("the factor pass closed no window".into())
+            })?)
+        } else {
+            None
+        };
+    run_pass(
+        task,
+        checkpoint,
+        &batches,
+        config,
+        sink,
+        basis.as_ref(),
+        &device,
+        &mut |_| {
+            done += 1;
+            progress(done, total);
+        },
+    )?;
     Ok(SketchSummary {
         documents: docs.len(),
         batches: total,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// One pass of the hook over `batches` at `checkpoint` (one window, learning rate 1).
+#[allow(clippy::too_many_arguments)]
+fn run_pass<T: Task>(
+    task: &T,
+    checkpoint: &Path,
+    batches: &[(T::Batch, StepBatch)],
+    config: HookConfig,
+    sink: impl Sink + 'static,
+    basis: Option<&WindowRecord>,
+    device: &Device,
+    progress: &mut dyn FnMut(usize),
+) -> Result<(), AnalyzerError> {
+    let hook = Hook::<T::Batch>::new(config, sink)?;
+    if let Some(b) = basis {
+        hook.basis_from(b)?;
+    }
+    let model = task
+        .load_model(checkpoint, &hook.tap(), device)
+        .map_err(AnalyzerError::task(format!(
+            "loading the checkpoint {}",
+            checkpoint.display()
+        )))?;
+    for (i, (batch, step)) in batches.iter().enumerate() {
+        hook.arm();
+        let mut grads = model.fit_loss(batch, FitLabels::Empirical).backward();
+        hook.capture(&mut grads, step, batch)?;
+        hook.end_step(1.0, &model)?;
+        progress(i + 1);
+    }
+    hook.finish(&model)?;
+    Ok(())
 }
 
 /// A document's score split over its positions.

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use burn::tensor::Device;
 use influence_core::{LayerSpec, ProjectionKind, RunInfo, WindowRecord};
-use influence_ekfac::{Preconditioner, low_rank};
+use influence_ekfac::{Preconditioner, Strategy, SubspacePreconditioner, check_basis, low_rank};
 use influence_hook::Probe;
 use influence_store::Store;
 
@@ -184,7 +184,8 @@ pub fn query_gradients<T: Task>(
 pub struct PreparedQueries {
     /// The window whose checkpoint and factors were used.
     pub window: u32,
-    /// Per store layer: `queries × k_g × k_a` (f32): `P_gᵀ Q̃ P_a`.
+    /// Per store layer: `queries × k_g × k_a` (f32): `P_gᵀ Q̃ P_a`, or the preconditioned
+    /// eigenbasis coordinates for a window with a sketch basis.
     pub sketches: Vec<Vec<f32>>,
     /// Per store layer: `queries × d_out × d_in_aug` preconditioned gradients `Q̃` (f32), for
     /// token-wise influence.
@@ -208,7 +209,9 @@ impl PreparedQueries {
 }
 
 /// Preconditions `grads` with the window's factors, optionally truncates each to rank `r`,
-/// and projects it with the store's seeded projections.
+/// and projects it with the store's seeded projections — or, for a layer whose window sketches
+/// are eigenbasis coordinates ([`influence_core::SketchBasis`]), takes the query's coordinates
+/// in that basis divided by `Λ_c + λ` ([`SubspacePreconditioner`]).
 pub fn prepare(
     run: &RunInfo,
     factors: &WindowRecord,
@@ -237,9 +240,45 @@ pub fn prepare(
                     factors.window, spec.name
                 ))
             })?;
-        let pre = Preconditioner::new(lf, config.strategy, config.damping)?;
-        damping.push(pre.damping());
         let (d_out, d_in) = (spec.d_out, spec.d_in_aug());
+        let window_layer = || format!("window {} layer {}", factors.window, spec.name);
+        // Token-wise influence splits the full-space EK-FAC score whatever the sketches are.
+        let full_strategy = match (&lf.sketch_basis, config.strategy) {
+            (Some(_), Strategy::Diagonal) => {
+                return Err(AnalyzerError::argument(
+                    "strategy",
+                    format!(
+                        "diagonal works in the parameter basis, but the sketches of {} are \
+                         eigenbasis coordinates (use ekfac, kfac or identity)",
+                        window_layer()
+                    ),
+                ));
+            }
+            (_, s) => s,
+        };
+        let pre = Preconditioner::new(lf, full_strategy, config.damping)?;
+        let sub = match &lf.sketch_basis {
+            Some(b) => {
+                if config.rank.is_some() {
+                    return Err(AnalyzerError::argument(
+                        "rank",
+                        format!(
+                            "applies to random-projection sketches; {} stores eigenbasis \
+                             coordinates",
+                            window_layer()
+                        ),
+                    ));
+                }
+                check_basis(b, &window_layer(), d_out, d_in, spec.sketch_len())?;
+                Some(SubspacePreconditioner::new(
+                    lf,
+                    config.strategy,
+                    config.damping,
+                )?)
+            }
+            None => None,
+        };
+        damping.push(sub.as_ref().map_or(pre.damping(), |s| s.damping()));
         let (pa, pg) = run.projections(li).ok_or_else(|| {
             AnalyzerError::Mismatch(format!("layer {}: cannot rebuild projections", spec.name))
         })?;
@@ -252,7 +291,9 @@ pub fn prepare(
                 x = low_rank(&x, d_out, d_in, r)?;
             }
             pc.extend(x.iter().map(|&v| v as f32));
-            if run.projection == ProjectionKind::Identity {
+            if let Some(sub) = &sub {
+                sk.extend(sub.apply(g, d_out, d_in)?.iter().map(|&v| v as f32));
+            } else if run.projection == ProjectionKind::Identity {
                 sk.extend(x.iter().map(|&v| v as f32));
             } else {
                 sk.extend(project(

@@ -37,6 +37,7 @@ fn run() -> RunInfo {
         loss_reduction: LossReduction::Sum,
         window_steps: WINDOW_STEPS,
         fisher: FisherLabels::Empirical,
+        sketch_scheme: Default::default(),
     }
 }
 

@@ -28,10 +28,14 @@ mod sink;
 
 pub use projection::{Projection, ProjectionKind, Side};
 pub use records::{
-    Eigenbasis, FisherLabels, LayerFactors, LayerSpec, LossReduction, RunInfo, SketchBatch,
-    SketchRowMeta, WindowRecord,
+    CoordinateSelection, Eigenbasis, FisherLabels, LayerFactors, LayerSpec, LossReduction, RunInfo,
+    SketchBasis, SketchBatch, SketchRowMeta, SketchScheme, WindowRecord,
 };
 pub use sink::{MemorySink, MemoryStore, Sink, SinkError};
 
-/// The version of the data model; bumped on any change to what a record means.
-pub const FORMAT_VERSION: u32 = 1;
+/// The version of the data model; bumped on any change to what a record means. Version 2 added
+/// [`SketchScheme`] and [`SketchBasis`]; records of version 1 read as [`SketchScheme::Random`].
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The oldest data-model version readers still accept.
+pub const MIN_FORMAT_VERSION: u32 = 1;

@@ -77,6 +77,12 @@ pub struct RunInfo {
     pub window_steps: u64,
     /// Fisher used for the window fits.
     pub fisher: FisherLabels,
+    /// How the sketches are projected (format 1 stores, which lack the field, are
+    /// [`SketchScheme::Random`]). Under [`SketchScheme::Eigenbasis`] a window's projection is
+    /// recorded in its factors ([`LayerFactors::sketch_basis`]); windows without one use the
+    /// seeded projections.
+    #[serde(default)]
+    pub sketch_scheme: SketchScheme,
 }
 
 impl RunInfo {
@@ -101,6 +107,69 @@ impl RunInfo {
         )?;
         Some((pa, pg))
     }
+}
+
+/// How per-document gradients are projected into sketches.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum SketchScheme {
+    /// Seeded random projections `K_n = P_gᵀ G_n P_a`, fixed for the run (the only scheme of
+    /// format 1); the query is preconditioned in the full space and projected alike.
+    #[default]
+    Random,
+    /// Coordinates of the per-document gradient in the EK-FAC eigenbasis of the previous window's
+    /// factors: `K_n[c] = (Q_Sᵀ G_n Q_A)_{i_c j_c}` for the `k_g·k_a` pairs `c` that matter most
+    /// by `select`, drawn from at most `max_side` eigenvectors per side. The first window of a
+    /// run has no previous factors and uses the seeded projections. Scored with EK-FAC restricted
+    /// to the kept coordinates, whose corrected eigenvalues are the mean squares of the stored
+    /// entries themselves.
+    Eigenbasis {
+        /// How the kept coordinates are ranked.
+        select: CoordinateSelection,
+        /// Most eigenvectors used per side (bounds the sketch kernel's block `|I| × |J|`).
+        max_side: usize,
+    },
+}
+
+/// How [`SketchScheme::Eigenbasis`] ranks the coordinates `(i, j)` of the eigenbasis, with `Λ`
+/// the corrected eigenvalues (KFAC's where none were fitted) and `λ = 0.1 × mean Λ`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CoordinateSelection {
+    /// Largest `Λ_ij` first: the directions holding the documents' gradient energy.
+    #[default]
+    Eigenvalue,
+    /// Largest `Λ_ij / (Λ_ij + λ)²` first: the expected contribution of a coordinate to a
+    /// preconditioned score for an isotropic query (favours directions near the damping).
+    Contribution,
+}
+
+/// The projection a window's sketches of one layer were made with, under
+/// [`SketchScheme::Eigenbasis`]: `K_n[c] = (P_gᵀ G_n P_a)[coords[c]]`, `P_g`, `P_a` being
+/// eigenvectors of a window's `S` and `A` (sign-canonical: each column's largest-magnitude entry
+/// is positive).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SketchBasis {
+    /// The window whose factors the eigenvectors come from (the previous window at training
+    /// time, the same one post hoc).
+    pub from_window: u32,
+    /// Columns of `P_a` (eigenvectors of `A`).
+    pub k_a: usize,
+    /// Columns of `P_g` (eigenvectors of `S`).
+    pub k_g: usize,
+    /// `P_a`, `d_in_aug × k_a` row-major (the f32 values the hook used, widened).
+    pub p_a: Vec<f64>,
+    /// `P_g`, `d_out × k_g` row-major.
+    pub p_g: Vec<f64>,
+    /// The stored coordinates, most important first: index `i·k_a + j` into the `k_g × k_a`
+    /// block `P_gᵀ G_n P_a`; as many as the layer's [`LayerSpec::sketch_len`].
+    pub coords: Vec<u32>,
+    /// Mean over the window's rows of each stored coordinate squared: EK-FAC's corrected
+    /// eigenvalues on the kept coordinates, from every document of the window. `None` until the
+    /// window closes.
+    pub second_moment: Option<Vec<f64>>,
+    /// Rows the second moment was averaged over.
+    pub rows: u64,
 }
 
 /// Per-row metadata of a sketch batch.
@@ -174,6 +243,10 @@ pub struct LayerFactors {
     pub corrected: Option<Vec<f64>>,
     /// Examples the corrected eigenvalues were averaged over.
     pub corrected_examples: u64,
+    /// The projection of this window's sketches of the layer under [`SketchScheme::Eigenbasis`];
+    /// `None`: the run's seeded projections.
+    #[serde(default)]
+    pub sketch_basis: Option<SketchBasis>,
 }
 
 /// Everything the hook produces when it closes a window.

@@ -16,6 +16,10 @@
 //! assert_eq!(lambda.len(), 4);
 //! ```
 
+mod basis;
+
+pub use basis::{SubspacePreconditioner, basis_coordinates, check_basis, eigen_sketch_basis};
+
 use faer::{Mat, Side};
 use influence_core::{Eigenbasis, LayerFactors};
 use serde::{Deserialize, Serialize};
@@ -353,6 +357,7 @@ mod tests {
             tokens_per_example: 3.0,
             corrected: None,
             corrected_examples: 0,
+            sketch_basis: None,
         }
     }
 

@@ -1,6 +1,6 @@
 //! What a user sets: [`HookConfig`] (serde, with defaults and builder methods).
 
-use influence_core::{FisherLabels, LossReduction, ProjectionKind};
+use influence_core::{FisherLabels, LossReduction, ProjectionKind, SketchScheme};
 use serde::{Deserialize, Serialize};
 
 use crate::HookError;
@@ -34,6 +34,11 @@ pub struct HookConfig {
     pub projection_seed: u64,
     /// How projection entries are drawn.
     pub projection: ProjectionKind,
+    /// How sketches are projected: seeded random projections for the whole run, or the
+    /// coordinates of each window's gradients in the previous window's EK-FAC eigenbasis
+    /// (`docs/accuracy.md` measures both). `k_g × k_a` is the number of stored values per layer
+    /// either way.
+    pub sketch_scheme: SketchScheme,
     /// How the training loss is reduced (the hook undoes it).
     pub loss_reduction: LossReduction,
     /// Steps per window: every `window_steps` steps the hook checkpoints and fits EK-FAC.
@@ -66,6 +71,7 @@ impl Default for HookConfig {
             sketch_sizes: Vec::new(),
             projection_seed: 0x5eed,
             projection: ProjectionKind::Rademacher,
+            sketch_scheme: SketchScheme::Random,
             loss_reduction: LossReduction::MeanOverTokens,
             window_steps: 200,
             factor_every: 10,
@@ -101,6 +107,8 @@ impl HookConfig {
         projection_seed: u64,
         /// Sets [`HookConfig::projection`].
         projection: ProjectionKind,
+        /// Sets [`HookConfig::sketch_scheme`].
+        sketch_scheme: SketchScheme,
         /// Sets [`HookConfig::loss_reduction`].
         loss_reduction: LossReduction,
         /// Sets [`HookConfig::window_steps`].
@@ -132,6 +140,17 @@ impl HookConfig {
                 return bad(
                     "sketch_sizes",
                     format!("pattern {:?} has a zero size", s.pattern),
+                );
+            }
+        }
+        if let SketchScheme::Eigenbasis { max_side, .. } = self.sketch_scheme {
+            if max_side == 0 {
+                return bad("sketch_scheme.max_side", "must be at least 1".into());
+            }
+            if !self.factors {
+                return bad(
+                    "sketch_scheme",
+                    "eigenbasis sketches need the window factors (factors = true)".into(),
                 );
             }
         }

@@ -3,10 +3,11 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use burn::module::Module;
+use burn::tensor::Int;
 use burn::tensor::{Device, Gradients, Tensor, TensorData};
 use influence_core::{
     FORMAT_VERSION, FisherLabels, LayerFactors, LayerSpec, LossReduction, RunInfo, Sink,
-    SketchBatch, SketchRowMeta, WindowRecord,
+    SketchBasis, SketchBatch, SketchRowMeta, SketchScheme, WindowRecord,
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
@@ -73,6 +74,57 @@ struct LayerDev {
     a_sum: Option<Tensor<2>>,
     s_sum: Option<Tensor<2>>,
     tokens: u64,
+    /// The window's eigenbasis projection (`None`: the seeded `p_a`, `p_g`).
+    basis: Option<BasisDev>,
+}
+
+/// An eigenbasis projection on the device, with the running sum of its sketches' squares.
+struct BasisDev {
+    record: SketchBasis,
+    /// `[d_in_aug, |J|]`.
+    p_a: Tensor<2>,
+    /// `[d_out, |I|]`.
+    p_g: Tensor<2>,
+    /// Kept entries of the flattened `|I| × |J|` block.
+    gather: Tensor<1, Int>,
+    /// `Σ_rows K²` per kept coordinate, `[1, sketch_len]`.
+    sq_sum: Option<Tensor<2>>,
+    rows: u64,
+}
+
+impl BasisDev {
+    fn new(record: SketchBasis, device: &Device) -> Self {
+        let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+        let (da, dg) = (
+            record.p_a.len() / record.k_a.max(1),
+            record.p_g.len() / record.k_g.max(1),
+        );
+        let idx: Vec<i64> = record.coords.iter().map(|&c| i64::from(c)).collect();
+        Self {
+            p_a: Tensor::from_data(TensorData::new(f32s(&record.p_a), [da, record.k_a]), device),
+            p_g: Tensor::from_data(TensorData::new(f32s(&record.p_g), [dg, record.k_g]), device),
+            gather: Tensor::from_data(TensorData::new(idx, [record.coords.len()]), device),
+            record,
+            sq_sum: None,
+            rows: 0,
+        }
+    }
+
+    /// The record with the window's second moment filled in.
+    fn finish(self) -> Result<SketchBasis, HookError> {
+        let mut record = self.record;
+        if let Some(sq) = self.sq_sum {
+            let rows = self.rows.max(1) as f64;
+            record.second_moment = Some(
+                read(sq, "sketch second moment")?
+                    .iter()
+                    .map(|&v| f64::from(v) / rows)
+                    .collect(),
+            );
+        }
+        record.rows = self.rows;
+        Ok(record)
+    }
 }
 
 struct Window {
@@ -95,6 +147,8 @@ struct State<B> {
     pending: Option<SketchBatch>,
     reservoir: Vec<(B, StepBatch)>,
     reservoir_seen: u64,
+    /// Factors whose eigenbasis the first window's sketches use (resume, post hoc).
+    initial_basis: Option<WindowRecord>,
     rng: StdRng,
     failed: Option<String>,
     finished: bool,
@@ -151,6 +205,7 @@ impl<B: Clone + Send + 'static> Hook<B> {
                 pending: None,
                 reservoir: Vec::new(),
                 reservoir_seen: 0,
+                initial_basis: None,
                 rng,
                 failed: None,
                 finished: false,
@@ -182,6 +237,26 @@ impl<B: Clone + Send + 'static> Hook<B> {
         st.window.index = u32::try_from(step / w)
             .map_err(|_| HookError::Config(format!("resume_at: step {step} too large")))?;
         st.window.first_step = step;
+        Ok(())
+    }
+
+    /// Under [`SketchScheme::Eigenbasis`], makes the current window's sketches use the eigenbasis
+    /// of `factors` (the window that ended just before [`Hook::resume_at`]'s step when a run
+    /// continues, or the checkpoint's own factors post hoc) instead of the seeded projections.
+    /// Call before the first step.
+    pub fn basis_from(&self, factors: &WindowRecord) -> Result<(), HookError> {
+        let mut st = self.lock();
+        if st.run.is_some() {
+            return Err(HookError::Config(
+                "basis_from: the run has already started".into(),
+            ));
+        }
+        if !matches!(st.config.sketch_scheme, SketchScheme::Eigenbasis { .. }) {
+            return Err(HookError::Config(
+                "basis_from: sketch_scheme is not eigenbasis".into(),
+            ));
+        }
+        st.initial_basis = Some(factors.clone());
         Ok(())
     }
 
@@ -369,6 +444,7 @@ impl<B: Clone + Send + 'static> State<B> {
             loss_reduction: self.config.loss_reduction,
             window_steps: self.config.window_steps,
             fisher: self.config.fisher,
+            sketch_scheme: self.config.sketch_scheme,
         };
         let mut layers = Vec::with_capacity(specs.len());
         for (i, spec) in specs.into_iter().enumerate() {
@@ -385,7 +461,23 @@ impl<B: Clone + Send + 'static> State<B> {
                 a_sum: None,
                 s_sum: None,
                 tokens: 0,
+                basis: None,
             });
+        }
+        if let Some(prev) = self.initial_basis.take() {
+            for l in &mut layers {
+                let f = prev
+                    .layers
+                    .iter()
+                    .find(|f| f.name == l.spec.name)
+                    .ok_or_else(|| {
+                        HookError::Config(format!(
+                            "basis_from: window {} has no factors for layer {}",
+                            prev.window, l.spec.name
+                        ))
+                    })?;
+                l.basis = next_basis(&self.config, &l.spec, f, prev.window, device)?;
+            }
         }
         tracing::info!(layers = layers.len(), "influence hook started");
         self.sink.begin(&run)?;
@@ -423,6 +515,9 @@ impl<B: Clone + Send + 'static> State<B> {
             self.window.factor_doc_tokens += segs.valid.len() as u64;
         }
 
+        if self.config.sketches && self.step == self.window.first_step {
+            self.warm_up_basis(&captured, &segs, &device)?;
+        }
         let sketches = if self.config.sketches {
             self.sketch(&captured, &segs)?
         } else {
@@ -528,17 +623,88 @@ impl<B: Clone + Send + 'static> State<B> {
         l.tokens += n as u64;
     }
 
+    /// Under [`SketchScheme::Eigenbasis`], a window that starts without a basis (the first window
+    /// of a run) takes one from its first step's own batch: `A`, `S` of this step's tokens, their
+    /// eigenbases, coordinates ranked by the KFAC eigenvalues. A one-step warm-up, with no extra
+    /// pass: it beats random projections because the scorer's eigenvalues on the kept
+    /// coordinates come from the window's own sketches whatever the basis is.
+    fn warm_up_basis(
+        &mut self,
+        captured: &LayerGrads,
+        segs: &Segments,
+        device: &Device,
+    ) -> Result<(), HookError> {
+        if !matches!(self.config.sketch_scheme, SketchScheme::Eigenbasis { .. }) {
+            return Ok(());
+        }
+        let docs = segs.docs.len().max(1) as f64;
+        let tokens_per_example = segs.valid.len() as f64 / docs;
+        let idx: Vec<i64> = segs.valid.iter().map(|&i| i as i64).collect();
+        let valid = Tensor::<1, Int>::from_data(TensorData::new(idx, [segs.valid.len()]), device);
+        for li in 0..self.layers.len() {
+            if self.layers[li].basis.is_some() {
+                continue;
+            }
+            let spec = self.layers[li].spec.clone();
+            let (mut a_sum, mut g_sum, mut n): (Option<Tensor<2>>, Option<Tensor<2>>, usize) =
+                (None, None, 0);
+            for (_, a, g) in captured.iter().filter(|c| c.0 == li) {
+                let [b, sl, d_in] = a.dims();
+                let d_out = g.dims()[2];
+                let mut a = a.clone().reshape([b * sl, d_in]).select(0, valid.clone());
+                let g = g.clone().reshape([b * sl, d_out]).select(0, valid.clone());
+                if spec.bias {
+                    let ones = Tensor::<2>::ones([segs.valid.len(), 1], device);
+                    a = Tensor::cat(vec![a, ones], 1);
+                }
+                let aa = a.clone().transpose().matmul(a);
+                let gg = g.clone().transpose().matmul(g);
+                a_sum = Some(a_sum.map_or(aa.clone(), |t| t + aa));
+                g_sum = Some(g_sum.map_or(gg.clone(), |t| t + gg));
+                n += segs.valid.len();
+            }
+            let (Some(a_sum), Some(g_sum)) = (a_sum, g_sum) else {
+                return Err(HookError::NoGradient(spec.name.clone()));
+            };
+            let n = n.max(1) as f64;
+            let mean = |t: Tensor<2>, what: &str| -> Result<Vec<f64>, HookError> {
+                Ok(read(t, what)?.iter().map(|&v| f64::from(v) / n).collect())
+            };
+            let a = mean(a_sum, "warm-up A")?;
+            let s = mean(g_sum, "warm-up S")?;
+            let (da, ds) = (spec.d_in_aug(), spec.d_out);
+            let f = LayerFactors {
+                name: spec.name.clone(),
+                eig_a: influence_ekfac::eigh_named(&a, da, &format!("{}: warm-up A", spec.name))?,
+                eig_s: influence_ekfac::eigh_named(&s, ds, &format!("{}: warm-up S", spec.name))?,
+                a,
+                s,
+                tokens: n as u64,
+                tokens_per_example,
+                corrected: None,
+                corrected_examples: 0,
+                sketch_basis: None,
+            };
+            self.layers[li].basis = next_basis(&self.config, &spec, &f, self.window.index, device)?;
+        }
+        Ok(())
+    }
+
     /// Sketches of every layer, read to the host in one transfer.
     fn sketch(
-        &self,
+        &mut self,
         captured: &[(usize, Tensor<3>, Tensor<3>)],
         segs: &Segments,
     ) -> Result<Vec<Vec<f32>>, HookError> {
         let mut per_layer: Vec<Option<Tensor<2>>> = vec![None; self.layers.len()];
         for (layer, a, g) in captured {
             let l = &self.layers[*layer];
-            let ap = project(a.clone(), &l.p_a, l.spec.bias);
-            let gp = project(g.clone(), &l.p_g, false);
+            let (p_a, p_g) = match &l.basis {
+                Some(b) => (&b.p_a, &b.p_g),
+                None => (&l.p_a, &l.p_g),
+            };
+            let ap = project(a.clone(), p_a, l.spec.bias);
+            let gp = project(g.clone(), p_g, false);
             let k = segs.outer(gp, ap);
             per_layer[*layer] = Some(match per_layer[*layer].take() {
                 Some(t) => t + k,
@@ -548,11 +714,21 @@ impl<B: Clone + Send + 'static> State<B> {
         let d = segs.docs.len();
         let mut widths = Vec::with_capacity(self.layers.len());
         let mut parts = Vec::with_capacity(self.layers.len());
-        for (l, t) in self.layers.iter().zip(per_layer) {
-            let t = t.ok_or_else(|| HookError::NoGradient(l.spec.name.clone()))?;
+        for (l, t) in self.layers.iter_mut().zip(per_layer) {
+            let mut t = t.ok_or_else(|| HookError::NoGradient(l.spec.name.clone()))?;
+            if let Some(b) = &mut l.basis {
+                t = t.select(1, b.gather.clone());
+                let sq = t.clone().powf_scalar(2.0).sum_dim(0);
+                b.sq_sum = Some(match b.sq_sum.take() {
+                    Some(s) => s + sq,
+                    None => sq,
+                });
+                b.rows += d as u64;
+            }
             widths.push(l.spec.sketch_len());
             parts.push(t);
         }
+
         let all = read(Tensor::cat(parts, 1), "sketches")?;
         let total: usize = widths.iter().sum();
         let mut out: Vec<Vec<f32>> = widths.iter().map(|w| Vec::with_capacity(d * w)).collect();
@@ -587,11 +763,18 @@ impl<B: Clone + Send + 'static> State<B> {
     ) -> Result<(), HookError> {
         let span = tracing::info_span!("close_window", window = self.window.index);
         let _enter = span.enter();
-        let layers = if self.config.factors && !self.layers.is_empty() {
+        let mut layers = if self.config.factors && !self.layers.is_empty() {
             self.fit_window(tap, model)?
         } else {
             Vec::new()
         };
+        let device = self.device.clone();
+        for (l, f) in self.layers.iter_mut().zip(layers.iter_mut()) {
+            f.sketch_basis = l.basis.take().map(BasisDev::finish).transpose()?;
+            if let Some(device) = &device {
+                l.basis = next_basis(&self.config, &l.spec, f, self.window.index, device)?;
+            }
+        }
         let record = WindowRecord {
             window: self.window.index,
             first_step: self.window.first_step,
@@ -784,8 +967,27 @@ impl<B: Clone + Send + 'static> State<B> {
                 eig_s,
                 corrected,
                 corrected_examples,
+                sketch_basis: None,
             });
         }
         Ok(out)
     }
+}
+
+/// The eigenbasis projection the next window's sketches of `spec` use under
+/// [`SketchScheme::Eigenbasis`], from the factors `f` of window `window`; `None` for the random
+/// scheme.
+fn next_basis(
+    config: &HookConfig,
+    spec: &LayerSpec,
+    f: &LayerFactors,
+    window: u32,
+    device: &Device,
+) -> Result<Option<BasisDev>, HookError> {
+    let SketchScheme::Eigenbasis { select, max_side } = config.sketch_scheme else {
+        return Ok(None);
+    };
+    let record =
+        influence_ekfac::eigen_sketch_basis(f, window, spec.sketch_len(), select, max_side)?;
+    Ok(Some(BasisDev::new(record, device)))
 }

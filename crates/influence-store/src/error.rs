@@ -30,7 +30,7 @@ pub enum StoreError {
         message: String,
     },
     /// The store was written by an incompatible version.
-    #[error("{path}: {field} is {found}, this reader supports {expected}")]
+    #[error("{path}: {field} is {found}, this reader supports {oldest} to {expected}")]
     Version {
         /// The file.
         path: PathBuf,
@@ -38,8 +38,10 @@ pub enum StoreError {
         field: &'static str,
         /// The version in the file.
         found: u32,
-        /// The version this build reads.
+        /// The newest version this build reads (and writes).
         expected: u32,
+        /// The oldest version this build reads.
+        oldest: u32,
     },
     /// A file's content does not match the checksum the manifest records.
     #[error("{path}: checksum mismatch: manifest says sha256 {expected}, file has {found}")]

@@ -10,7 +10,7 @@ use arrow_array::{
 };
 use arrow_buffer::OffsetBuffer;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
-use influence_core::{Eigenbasis, LayerFactors, WindowRecord};
+use influence_core::{Eigenbasis, LayerFactors, SketchBasis, WindowRecord};
 
 use crate::StoreError;
 use crate::schema::{column, no_nulls};
@@ -53,7 +53,41 @@ pub fn factor_schema() -> SchemaRef {
     for name in LISTS {
         fields.push(Field::new(name, f64_list(), name == "corrected"));
     }
+    // Store version 2: the eigenbasis projection of the window's sketches (null: seeded).
+    fields.extend([
+        Field::new("basis_from_window", DataType::UInt32, true),
+        Field::new("basis_k_a", DataType::UInt32, true),
+        Field::new("basis_k_g", DataType::UInt32, true),
+        Field::new("basis_rows", DataType::UInt64, true),
+        Field::new("basis_p_a", f64_list(), true),
+        Field::new("basis_p_g", f64_list(), true),
+        Field::new("basis_coords", u32_list(), true),
+        Field::new("basis_second_moment", f64_list(), true),
+    ]);
     Arc::new(Schema::new(fields))
+}
+
+fn u32_list() -> DataType {
+    DataType::List(Arc::new(Field::new("item", DataType::UInt32, false)))
+}
+
+fn u32_list_array(rows: Vec<Option<&[u32]>>) -> Result<ArrayRef, arrow_schema::ArrowError> {
+    let offsets = OffsetBuffer::from_lengths(rows.iter().map(|r| r.map_or(0, <[u32]>::len)));
+    let values: Vec<u32> = rows
+        .iter()
+        .flat_map(|r| r.unwrap_or_default())
+        .copied()
+        .collect();
+    let nulls = rows
+        .iter()
+        .any(Option::is_none)
+        .then(|| rows.iter().map(Option::is_some).collect());
+    Ok(Arc::new(ListArray::try_new(
+        Arc::new(Field::new("item", DataType::UInt32, false)),
+        offsets,
+        Arc::new(UInt32Array::from(values)),
+        nulls,
+    )?))
 }
 
 fn list(rows: Vec<Option<&[f64]>>) -> Result<ArrayRef, arrow_schema::ArrowError> {
@@ -130,6 +164,35 @@ pub fn encode(record: &WindowRecord) -> Result<RecordBatch, arrow_schema::ArrowE
     for get in getters {
         columns.push(list(ls.iter().map(get).collect())?);
     }
+    let basis: Vec<Option<&SketchBasis>> = ls.iter().map(|l| l.sketch_basis.as_ref()).collect();
+    columns.push(Arc::new(UInt32Array::from(
+        basis
+            .iter()
+            .map(|b| b.map(|b| b.from_window))
+            .collect::<Vec<_>>(),
+    )));
+    for get in [|b: &SketchBasis| b.k_a, |b: &SketchBasis| b.k_g] {
+        columns.push(Arc::new(UInt32Array::from(
+            basis
+                .iter()
+                .map(|b| b.map(|b| dim(get(b))))
+                .collect::<Vec<_>>(),
+        )));
+    }
+    columns.push(Arc::new(UInt64Array::from(
+        basis.iter().map(|b| b.map(|b| b.rows)).collect::<Vec<_>>(),
+    )));
+    columns.push(list(basis.iter().map(|b| b.map(|b| &b.p_a[..])).collect())?);
+    columns.push(list(basis.iter().map(|b| b.map(|b| &b.p_g[..])).collect())?);
+    columns.push(u32_list_array(
+        basis.iter().map(|b| b.map(|b| &b.coords[..])).collect(),
+    )?);
+    columns.push(list(
+        basis
+            .iter()
+            .map(|b| b.and_then(|b| b.second_moment.as_deref()))
+            .collect(),
+    )?);
     RecordBatch::try_new(schema, columns)
 }
 
@@ -198,6 +261,7 @@ pub fn decode(
             let need = |i: usize, len: usize| {
                 get(i, len)?.ok_or_else(|| StoreError::invalid(path, LISTS[i], "null"))
             };
+            let sketch_basis = decode_basis(b, r, &layer, path)?;
             layers.push(LayerFactors {
                 a: need(0, da * da)?,
                 s: need(1, ds * ds)?,
@@ -215,6 +279,7 @@ pub fn decode(
                 tokens: tokens.value(r),
                 tokens_per_example: tpe.value(r),
                 corrected_examples: ce.value(r),
+                sketch_basis,
                 name: layer,
             });
         }
@@ -226,4 +291,84 @@ pub fn decode(
         learning_rates: meta.learning_rates,
         layers,
     })
+}
+
+/// The sketch basis of row `r` (`None` when null, or in a store-version-1 file without the
+/// columns); every part must be present together.
+fn decode_basis(
+    b: &RecordBatch,
+    r: usize,
+    layer: &str,
+    path: &Path,
+) -> Result<Option<SketchBasis>, StoreError> {
+    if b.column_by_name("basis_p_a").is_none() {
+        return Ok(None);
+    }
+    let from = column::<UInt32Array>(b, "basis_from_window", path)?;
+    if from.is_null(r) {
+        return Ok(None);
+    }
+    let field = |n: &str| format!("{n}[{layer}]");
+    let scalar_u32 = |n: &str| -> Result<u32, StoreError> {
+        let c = column::<UInt32Array>(b, n, path)?;
+        if c.is_null(r) {
+            return Err(StoreError::invalid(path, field(n), "null in a basis row"));
+        }
+        Ok(c.value(r))
+    };
+    let rows = column::<UInt64Array>(b, "basis_rows", path)?;
+    if rows.is_null(r) {
+        return Err(StoreError::invalid(
+            path,
+            field("basis_rows"),
+            "null in a basis row",
+        ));
+    }
+    let f64s = |n: &str, required: bool| -> Result<Option<Vec<f64>>, StoreError> {
+        let l = column::<ListArray>(b, n, path)?;
+        if l.is_null(r) {
+            return if required {
+                Err(StoreError::invalid(path, field(n), "null in a basis row"))
+            } else {
+                Ok(None)
+            };
+        }
+        let v = l.value(r);
+        let v = v
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .ok_or_else(|| StoreError::invalid(path, field(n), "items are not f64"))?;
+        if v.null_count() > 0 {
+            return Err(StoreError::invalid(path, field(n), "null items"));
+        }
+        Ok(Some(v.values().to_vec()))
+    };
+    let coords = column::<ListArray>(b, "basis_coords", path)?;
+    if coords.is_null(r) {
+        return Err(StoreError::invalid(
+            path,
+            field("basis_coords"),
+            "null in a basis row",
+        ));
+    }
+    let coords = coords.value(r);
+    let coords = coords
+        .as_any()
+        .downcast_ref::<UInt32Array>()
+        .ok_or_else(|| StoreError::invalid(path, field("basis_coords"), "items are not u32"))?;
+    let (k_a, k_g) = (
+        scalar_u32("basis_k_a")? as usize,
+        scalar_u32("basis_k_g")? as usize,
+    );
+    let missing = |n: &str| StoreError::invalid(path, field(n), "null in a basis row");
+    Ok(Some(SketchBasis {
+        from_window: from.value(r),
+        k_a,
+        k_g,
+        p_a: f64s("basis_p_a", true)?.ok_or_else(|| missing("basis_p_a"))?,
+        p_g: f64s("basis_p_g", true)?.ok_or_else(|| missing("basis_p_g"))?,
+        coords: coords.values().to_vec(),
+        second_moment: f64s("basis_second_moment", false)?,
+        rows: rows.value(r),
+    }))
 }

@@ -25,6 +25,7 @@
 //!     loss_reduction: LossReduction::Sum,
 //!     window_steps: 10,
 //!     fisher: FisherLabels::Empirical,
+//!     sketch_scheme: Default::default(),
 //! };
 //! let mut writer = StoreWriter::create(dir.path(), StoreConfig::default())?;
 //! writer.begin(&run)?;
@@ -58,7 +59,8 @@ mod writer;
 pub use config::{Overflow, SketchDtype, StoreConfig};
 pub use error::StoreError;
 pub use manifest::{
-    DroppedStep, FileEntry, MANIFEST, Manifest, ResumeEntry, STORE_VERSION, ShardEntry, WindowEntry,
+    DroppedStep, FileEntry, MANIFEST, MIN_STORE_VERSION, Manifest, ResumeEntry, STORE_VERSION,
+    ShardEntry, WindowEntry,
 };
 pub use reader::{ReadOptions, SketchStream, Store, VerifyReport, decode_shard};
 pub use schema::SketchChunk;

@@ -4,15 +4,19 @@
 use std::collections::HashSet;
 use std::path::{Component, Path};
 
-use influence_core::{FORMAT_VERSION, RunInfo};
+use influence_core::{FORMAT_VERSION, MIN_FORMAT_VERSION, RunInfo};
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil;
 use crate::{SketchDtype, StoreError};
 
 /// Version of the on-disk layout (manifest fields, schema, file names); bumped on any change a
-/// reader must know about.
-pub const STORE_VERSION: u32 = 1;
+/// reader must know about. Version 2 added the sketch scheme to the run and the sketch-basis
+/// columns to factor files; version 1 stores are read (and scored) as before.
+pub const STORE_VERSION: u32 = 2;
+
+/// The oldest store version this build reads.
+pub const MIN_STORE_VERSION: u32 = 1;
 
 /// File name of the manifest inside a store directory.
 pub const MANIFEST: &str = "manifest.json";
@@ -169,13 +173,14 @@ impl Manifest {
             .get("store_version")
             .and_then(serde_json::Value::as_u64)
         {
-            Some(v) if v == u64::from(STORE_VERSION) => {}
+            Some(v) if (u64::from(MIN_STORE_VERSION)..=u64::from(STORE_VERSION)).contains(&v) => {}
             Some(v) => {
                 return Err(StoreError::Version {
                     path,
                     field: "store_version",
                     found: u32::try_from(v).unwrap_or(u32::MAX),
                     expected: STORE_VERSION,
+                    oldest: MIN_STORE_VERSION,
                 });
             }
             None => {
@@ -208,13 +213,22 @@ impl Manifest {
     /// Checks every field against the others. `path` names the manifest in errors.
     pub fn validate(&self, path: &Path) -> Result<(), StoreError> {
         let bad = |field: String, message: String| StoreError::invalid(path, field, message);
-        if self.run.format_version != FORMAT_VERSION {
+        if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&self.run.format_version) {
             return Err(StoreError::Version {
                 path: path.to_owned(),
                 field: "run.format_version",
                 found: self.run.format_version,
                 expected: FORMAT_VERSION,
+                oldest: MIN_FORMAT_VERSION,
             });
+        }
+        if self.run.format_version < 2
+            && self.run.sketch_scheme != influence_core::SketchScheme::Random
+        {
+            return Err(bad(
+                "run.sketch_scheme".into(),
+                "format version 1 has only random sketches".into(),
+            ));
         }
         if self.compression != "zstd" {
             return Err(bad(

@@ -41,6 +41,7 @@ fn run_info(window_steps: u64) -> RunInfo {
         loss_reduction: LossReduction::MeanOverTokens,
         window_steps,
         fisher: FisherLabels::Empirical,
+        sketch_scheme: Default::default(),
     }
 }
 
@@ -104,6 +105,18 @@ fn window(run: &RunInfo, w: u32, first: u64, last: u64, rng: &mut StdRng) -> Win
                     },
                     corrected: (i == 0).then(|| (0..da * ds).map(|x| x as f64 * 0.1).collect()),
                     corrected_examples: 64,
+                    // Layer 1 of odd windows carries an eigenbasis projection (one with its
+                    // second moment, one without), so both kinds of row round-trip.
+                    sketch_basis: (i == 1 && w % 2 == 1).then(|| influence_core::SketchBasis {
+                        from_window: w - 1,
+                        k_a: 2,
+                        k_g: 3,
+                        p_a: matrix(da, rng)[..da * 2].to_vec(),
+                        p_g: matrix(ds, rng)[..ds * 3].to_vec(),
+                        coords: (0..l.sketch_len() as u32).map(|c| c % 6).collect(),
+                        second_moment: (w == 1).then(|| vec![0.25; l.sketch_len()]),
+                        rows: 17,
+                    }),
                 }
             })
             .collect(),

@@ -24,7 +24,7 @@ use burn::module::Module;
 use burn::tensor::Device;
 use influence_analyses::{Lds, MeanCi, bootstrap_mean_ci, lds, pearson, spearman, top_k_overlap};
 use influence_analyzer::{Query, ScoreConfig, Strategy, Task, analyze, sketch_corpus};
-use influence_core::ProjectionKind;
+use influence_core::{CoordinateSelection, ProjectionKind, SketchScheme};
 use influence_hook::HookConfig;
 use influence_store::{SketchDtype, Store, StoreConfig, StoreWriter};
 use rand::seq::SliceRandom;
@@ -55,6 +55,13 @@ pub struct StudyConfig {
     pub train_ks: Vec<usize>,
     /// Post-hoc sketch sizes at the final checkpoint (the LDS rows and the price curve).
     pub posthoc_ks: Vec<usize>,
+    /// Sketch schemes of the post-hoc price curve (each at every size of `posthoc_ks`).
+    #[serde(default = "all_schemes")]
+    pub posthoc_schemes: Vec<SketchScheme>,
+    /// Training-time stores with other schemes, at the configuration's own size, scored and
+    /// (top-k) removed like the default.
+    #[serde(default)]
+    pub train_schemes: Vec<SketchScheme>,
     /// Value types of the price curve.
     pub dtypes: Vec<SketchDtype>,
     /// Documents removed per query in the removal experiment.
@@ -67,6 +74,13 @@ pub struct StudyConfig {
     pub overlap_k: usize,
     /// Retraining runs at a time (0: one per core).
     pub jobs: usize,
+    /// Retrain (LDS, removal); `false` measures only the agreement with exact influence.
+    #[serde(default = "yes")]
+    pub retrain: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl StudyConfig {
@@ -88,7 +102,12 @@ impl StudyConfig {
         train.steps = 600;
         train.warmup = 30;
         train.log_every = 0;
-        train.hook = train.hook.window_steps(200).factor_every(5).fit_batches(8);
+        train.hook = train
+            .hook
+            .window_steps(200)
+            .factor_every(5)
+            .fit_batches(8)
+            .sketch_scheme(eigenbasis(CoordinateSelection::Eigenvalue));
         Self {
             train,
             subsets: 64,
@@ -96,13 +115,17 @@ impl StudyConfig {
             subset_seed: 17,
             max_queries: None,
             train_ks: vec![64],
-            posthoc_ks: vec![4, 8, 16, 32, 64],
-            dtypes: vec![SketchDtype::F32, SketchDtype::F16, SketchDtype::Bf16],
+            posthoc_ks: vec![4, 8, 16, 32],
+            posthoc_schemes: all_schemes(),
+            train_schemes: vec![SketchScheme::Random],
+            // f16 and bf16 gave the f32 figures to three decimals (2026-11-27): one value type.
+            dtypes: vec![SketchDtype::F16],
             removal_k: 50,
             removal_queries: 12,
             removal_seeds: vec![1, 2, 3],
             overlap_k: 100,
             jobs: 0,
+            retrain: true,
         }
     }
 
@@ -124,6 +147,10 @@ impl StudyConfig {
         c.max_queries = Some(8);
         c.train_ks = Vec::new();
         c.posthoc_ks = vec![8];
+        c.posthoc_schemes = vec![
+            SketchScheme::Random,
+            eigenbasis(CoordinateSelection::Eigenvalue),
+        ];
         c.dtypes = vec![SketchDtype::F16];
         c.removal_k = 20;
         c.removal_queries = 2;
@@ -224,7 +251,14 @@ impl<'a> Retrainer<'a> {
 
     fn key(&self, job: &Job, config: &TrainConfig) -> Result<String> {
         let mut h = Sha256::new();
-        h.update(serde_json::to_vec(config)?);
+        // A retraining run has no hook and writes no store: their settings are not part of
+        // what it measures, so changing them keeps the measurements.
+        let mut value = serde_json::to_value(config)?;
+        if let Some(m) = value.as_object_mut() {
+            m.remove("hook");
+            m.remove("store");
+        }
+        h.update(serde_json::to_vec(&value)?);
         h.update(job.keep.iter().map(|&k| u8::from(k)).collect::<Vec<u8>>());
         for q in self.queries {
             h.update(q.prompt.as_bytes());
@@ -417,9 +451,47 @@ pub struct RemovalRow {
     pub beats_random: Option<f64>,
 }
 
+/// The eigenbasis scheme ranking coordinates by `select`, without a per-side cap (the study's
+/// layers are at most 257 wide).
+pub fn eigenbasis(select: CoordinateSelection) -> SketchScheme {
+    SketchScheme::Eigenbasis {
+        select,
+        max_side: 1024,
+    }
+}
+
+fn all_schemes() -> Vec<SketchScheme> {
+    vec![
+        SketchScheme::Random,
+        eigenbasis(CoordinateSelection::Eigenvalue),
+        eigenbasis(CoordinateSelection::Contribution),
+    ]
+}
+
+/// A scheme's name in the tables.
+pub fn scheme_label(s: &SketchScheme) -> String {
+    match s {
+        SketchScheme::Random => "random projection".into(),
+        SketchScheme::Eigenbasis {
+            select: CoordinateSelection::Eigenvalue,
+            ..
+        } => "eigenbasis, top Λ".into(),
+        SketchScheme::Eigenbasis {
+            select: CoordinateSelection::Contribution,
+            ..
+        } => "eigenbasis, top Λ/(Λ+λ)²".into(),
+    }
+}
+
 /// One point of the price curve.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PriceRow {
+    /// Sketch scheme.
+    #[serde(default)]
+    pub scheme: String,
+    /// Bytes per layer of the per-window files (factors, bases), per window.
+    #[serde(default)]
+    pub window_bytes_per_layer: f64,
     /// `k_a = k_g`.
     pub k: usize,
     /// Value type.
@@ -436,7 +508,7 @@ pub struct PriceRow {
     pub spearman: f64,
     /// Fraction of the exact top documents among the sketch's top, mean over queries.
     pub top_overlap: f64,
-    /// LDS of these scores.
+    /// LDS of these scores (NaN without retraining).
     pub lds: f64,
 }
 
@@ -465,6 +537,17 @@ pub struct StudyReport {
     pub runs: (usize, usize, f64),
     /// Wall seconds of the whole study.
     pub seconds: f64,
+}
+
+/// A post-hoc store's scores and sizes (the store itself is removed once scored).
+struct PriceStore {
+    scheme: String,
+    k: usize,
+    dtype: SketchDtype,
+    values: usize,
+    stored: f64,
+    window_bytes: f64,
+    scores: Vec<Vec<f64>>,
 }
 
 fn evenly<T: Clone>(items: &[T], n: Option<usize>) -> Vec<T> {
@@ -651,10 +734,37 @@ pub fn run_study(
     log(format!("trained with the hook: final loss {final_loss:.3}"));
     let k0 = config.train.hook.k_a;
     let ekfac = ScoreConfig::default();
+    let default_label = scheme_label(&config.train.hook.sketch_scheme);
     let mut methods = vec![MethodScores {
-        name: format!("training-time sketches k={k0}, EK-FAC (default)"),
+        name: format!("training-time sketches k={k0}, {default_label}, EK-FAC (default)"),
         scores: score_matrix(&task, &default_store, &queries, &ekfac, &ids)?,
     }];
+    // Removal conditions: the default, then each other training-time scheme (method indices).
+    let mut removal_methods = vec![(
+        format!("training-time sketches ({default_label}, default)"),
+        0usize,
+    )];
+    for scheme in &config.train_schemes {
+        let label = scheme_label(scheme);
+        let dir = out.join(format!(
+            "store-{}",
+            label.replace([' ', ',', '/', '(', ')', '²', '+'], "")
+        ));
+        let (store, _, _) = hooked_store(
+            &config.train,
+            &prepared,
+            &dir,
+            config.train.hook.clone().sketch_scheme(*scheme),
+        )?;
+        methods.push(MethodScores {
+            name: format!("training-time sketches k={k0}, {label}, EK-FAC"),
+            scores: score_matrix(&task, &store, &queries, &ekfac, &ids)?,
+        });
+        removal_methods.push((
+            format!("training-time sketches ({label})"),
+            methods.len() - 1,
+        ));
+    }
     methods.push(MethodScores {
         name: format!("TracIn-style: training-time sketches k={k0}, identity, LR-weighted"),
         scores: score_matrix(
@@ -719,22 +829,84 @@ pub fn run_study(
 
     // 3. Post-hoc sketches: the price curve (and LDS rows at f32).
     let mut price_stores = Vec::new();
-    for &k in &config.posthoc_ks {
-        for &dtype in &config.dtypes {
-            let name = format!("posthoc-k{k}-{dtype:?}").to_lowercase();
-            let store = posthoc_store(
-                &task,
-                &ckpt,
-                &out.join(&name),
-                fit.clone().k_a(k).k_g(k),
-                dtype,
-            )?;
-            let values: usize = store.run().layers.iter().map(|l| l.sketch_len()).sum();
-            let scores = score_matrix(&task, &store, &queries, &ekfac, &ids)?;
-            price_stores.push((k, dtype, values, stored_bytes_per_doc(&store), scores));
+    for (si, scheme) in config.posthoc_schemes.iter().enumerate() {
+        for &k in &config.posthoc_ks {
+            for &dtype in &config.dtypes {
+                let name = format!("posthoc-s{si}-k{k}-{dtype:?}").to_lowercase();
+                let store = posthoc_store(
+                    &task,
+                    &ckpt,
+                    &out.join(&name),
+                    fit.clone().k_a(k).k_g(k).sketch_scheme(*scheme),
+                    dtype,
+                )?;
+                let values: usize = store.run().layers.iter().map(|l| l.sketch_len()).sum();
+                let scores = score_matrix(&task, &store, &queries, &ekfac, &ids)?;
+                let layers = store.run().layers.len() as f64;
+                let m = store.manifest();
+                let window_bytes = m.windows.iter().map(|w| w.factors.bytes).sum::<u64>() as f64
+                    / m.windows.len().max(1) as f64
+                    / layers;
+                price_stores.push(PriceStore {
+                    scheme: scheme_label(scheme),
+                    k,
+                    dtype,
+                    values,
+                    stored: stored_bytes_per_doc(&store),
+                    window_bytes,
+                    scores,
+                });
+                // Remove the store: only its scores are needed, and the price curve's stores
+                // would fill the disk.
+                let _ = std::fs::remove_dir_all(out.join(&name));
+            }
         }
     }
     log(format!("{} post-hoc sketch stores", price_stores.len()));
+    let price_row = |p: &PriceStore, lds: f64| -> Result<PriceRow> {
+        let (mut pe, mut sp, mut o) = (0.0, 0.0, 0.0);
+        let overlap = config.overlap_k.min(n);
+        for (got, want) in p.scores.iter().zip(&exact) {
+            pe += pearson(got, want)?;
+            sp += spearman(got, want)?;
+            o += top_k_overlap(got, want, overlap)?;
+        }
+        let nq = queries.len() as f64;
+        Ok(PriceRow {
+            scheme: p.scheme.clone(),
+            window_bytes_per_layer: p.window_bytes,
+            k: p.k,
+            dtype: p.dtype,
+            values_per_doc: p.values,
+            bytes_per_doc: p.values * p.dtype.bytes(),
+            stored_bytes_per_doc: p.stored,
+            pearson: pe / nq,
+            spearman: sp / nq,
+            top_overlap: o / nq,
+            lds,
+        })
+    };
+    if !config.retrain {
+        let report = StudyReport {
+            config: config.clone(),
+            queries: queries.iter().map(|q| q.id.clone()).collect(),
+            documents: n,
+            tokens,
+            final_loss,
+            lds: Vec::new(),
+            removal: Vec::new(),
+            overlap_k: config.overlap_k.min(n),
+            price: price_stores
+                .iter()
+                .map(|p| price_row(p, f64::NAN))
+                .collect::<Result<_>>()?,
+            runs: (0, 0, 0.0),
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        std::fs::write(out.join("study.json"), serde_json::to_vec_pretty(&report)?)?;
+        std::fs::write(out.join("study.md"), report.markdown())?;
+        return Ok(Some(report));
+    }
 
     // 4. Retraining: the full run per seed, the subsets, the removals.
     let harness = Retrainer::new(&config.train, &prepared, &task, &queries, out.join("cache"))?;
@@ -744,7 +916,6 @@ pub fn run_study(
         Some(config.removal_queries),
     );
     let k = config.removal_k.min(n / 2);
-    let default = &methods[0].scores;
     let top = |scores: &[f64]| -> Vec<usize> {
         influence_analyses::ranking_by_score(scores, true)
             .into_iter()
@@ -776,10 +947,13 @@ pub fn run_study(
             let mut rng = StdRng::seed_from_u64(config.subset_seed ^ (seed << 32) ^ q as u64);
             let mut all: Vec<usize> = (0..n).collect();
             all.shuffle(&mut rng);
-            for (c, drop) in [top(&default[q]), top(&identity[q]), all[..k].to_vec()]
-                .into_iter()
-                .enumerate()
-            {
+            let mut drops: Vec<Vec<usize>> = removal_methods
+                .iter()
+                .map(|(_, m)| top(&methods[*m].scores[q]))
+                .collect();
+            drops.push(top(&identity[q]));
+            drops.push(all[..k].to_vec());
+            for (c, drop) in drops.into_iter().enumerate() {
                 jobs.push(Job {
                     keep: without(&drop),
                     seed,
@@ -849,41 +1023,28 @@ pub fn run_study(
         });
     }
     let mut price = Vec::new();
-    for (k, dtype, values, stored, scores) in &price_stores {
-        let (mut p, mut s, mut o) = (0.0, 0.0, 0.0);
-        let overlap = config.overlap_k.min(n);
-        for (got, want) in scores.iter().zip(&exact) {
-            p += pearson(got, want)?;
-            s += spearman(got, want)?;
-            o += top_k_overlap(got, want, overlap)?;
-        }
-        let nq = queries.len() as f64;
-        let l = lds_of(scores)?;
-        if *dtype == SketchDtype::F32 || config.dtypes.len() == 1 {
+    for p in &price_stores {
+        let l = lds_of(&p.scores)?;
+        if p.dtype == SketchDtype::F32 || config.dtypes.len() == 1 {
             lds_rows.push(LdsRow {
-                method: format!("post-hoc sketches k={k}, final checkpoint, EK-FAC"),
+                method: format!(
+                    "post-hoc sketches k={}, {}, final checkpoint, EK-FAC",
+                    p.k, p.scheme
+                ),
                 lds: l.clone(),
             });
         }
-        price.push(PriceRow {
-            k: *k,
-            dtype: *dtype,
-            values_per_doc: *values,
-            bytes_per_doc: values * dtype.bytes(),
-            stored_bytes_per_doc: *stored,
-            pearson: p / nq,
-            spearman: s / nq,
-            top_overlap: o / nq,
-            lds: l.summary.mean,
-        });
+        price.push(price_row(p, l.summary.mean)?);
     }
 
     // Removal.
-    let names = [
-        format!("top-{k} by training-time sketches (default)"),
-        format!("top-{k} by exact gradient dot product (identity)"),
-        format!("{k} random"),
-    ];
+    let mut names: Vec<String> = removal_methods
+        .iter()
+        .map(|(name, _)| format!("top-{k} by {name}"))
+        .collect();
+    names.push(format!("top-{k} by exact gradient dot product (identity)"));
+    names.push(format!("{k} random"));
+    let random = names.len() - 1;
     let mut deltas: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     for &(c, q, full, j) in &removal_jobs {
         deltas[c].push(measured[j].log_prob[q] - measured[full].log_prob[q]);
@@ -894,8 +1055,8 @@ pub fn run_study(
         .enumerate()
         .map(|(c, (name, d))| {
             // The random removal is the reference, not a contender.
-            let beats = (c != 2).then(|| {
-                d.iter().zip(&deltas[2]).filter(|(x, r)| x < r).count() as f64
+            let beats = (c != random).then(|| {
+                d.iter().zip(&deltas[random]).filter(|(x, r)| x < r).count() as f64
                     / d.len().max(1) as f64
             });
             Ok(RemovalRow {
@@ -1017,20 +1178,25 @@ impl StudyReport {
         }
         let _ = writeln!(
             s,
-            "\n| k_a × k_g | dtype | values/doc | bytes/doc (raw) | bytes/doc (zstd) | Pearson | Spearman | top-{} overlap | LDS |",
+            "\n| scheme | k_a × k_g | dtype | values/doc | bytes/doc (raw) | bytes/doc (zstd) | window files/layer | Pearson | Spearman | top-{} overlap | LDS |",
             self.overlap_k
         );
-        let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+        let _ = writeln!(
+            s,
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        );
         for p in &self.price {
             let _ = writeln!(
                 s,
-                "| {}×{} | {:?} | {} | {} | {:.0} | {:.3} | {:.3} | {:.2} | {:.3} |",
+                "| {} | {}×{} | {:?} | {} | {} | {:.0} | {:.0} KB | {:.3} | {:.3} | {:.2} | {:.3} |",
+                p.scheme,
                 p.k,
                 p.k,
                 p.dtype,
                 p.values_per_doc,
                 p.bytes_per_doc,
                 p.stored_bytes_per_doc,
+                p.window_bytes_per_layer / 1024.0,
                 p.pearson,
                 p.spearman,
                 p.top_overlap,

@@ -43,6 +43,10 @@ struct Args {
     /// Retraining runs at a time (default: one per core).
     #[arg(long)]
     jobs: Option<usize>,
+    /// Measure only the agreement with exact influence at the final checkpoint (the price
+    /// table), without retraining.
+    #[arg(long, conflicts_with_all = ["plan", "retrain"])]
+    agreement_only: bool,
     /// Stop before retraining and write the runs to OUT/plan.json (to train them elsewhere with
     /// --retrain, then run the study again here: every run then comes from OUT/cache).
     #[arg(long)]
@@ -76,6 +80,9 @@ fn main() -> Result<()> {
     }
     if let Some(j) = args.jobs {
         config.jobs = j;
+    }
+    if args.agreement_only {
+        config.retrain = false;
     }
     std::fs::create_dir_all(&args.out).with_context(|| format!("{}", args.out.display()))?;
     let log = |line: String| println!("{line}");
