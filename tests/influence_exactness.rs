@@ -511,6 +511,7 @@ fn sketch_error_shrinks_like_one_over_sqrt_k() {
         let mut norm = 0.0;
         for seed in 0..8u64 {
             let hook = HookConfig::default()
+                .sketch_scheme(influence_core::SketchScheme::Random)
                 .k_a(k)
                 .k_g(k)
                 .projection_seed(seed)

@@ -316,6 +316,7 @@ fn kfac_fallback_without_a_fit_pass() {
 fn sketches_equal_dense_projections_of_exact_gradients() {
     for kind in [ProjectionKind::Rademacher, ProjectionKind::Gaussian] {
         let config = exact_config(LossReduction::MeanOverTokens)
+            .sketch_scheme(influence_core::SketchScheme::Random)
             .projection(kind)
             .k_a(4)
             .k_g(2)

@@ -51,7 +51,7 @@ pub fn sketch_corpus<T: Task>(
     }
     config.loss_reduction = task.loss_reduction();
     config.window_steps = batches.len() as u64;
-    let eigen = matches!(config.sketch_scheme, SketchScheme::Eigenbasis { .. });
+    let eigen = matches!(config.effective_scheme(), SketchScheme::Eigenbasis { .. });
     let total = batches.len() * if eigen { 2 } else { 1 };
     let mut done = 0;
     let basis =

@@ -1,6 +1,8 @@
 //! What a user sets: [`HookConfig`] (serde, with defaults and builder methods).
 
-use influence_core::{FisherLabels, LossReduction, ProjectionKind, SketchScheme};
+use influence_core::{
+    CoordinateSelection, FisherLabels, LossReduction, ProjectionKind, SketchScheme,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::HookError;
@@ -34,10 +36,11 @@ pub struct HookConfig {
     pub projection_seed: u64,
     /// How projection entries are drawn.
     pub projection: ProjectionKind,
-    /// How sketches are projected: seeded random projections for the whole run, or the
-    /// coordinates of each window's gradients in the previous window's EK-FAC eigenbasis
-    /// (`docs/accuracy.md` measures both). `k_g × k_a` is the number of stored values per layer
-    /// either way.
+    /// How sketches are projected: the coordinates of each window's gradients in the previous
+    /// window's EK-FAC eigenbasis (the default, chosen by measurement in `docs/accuracy.md`), or
+    /// seeded random projections for the whole run. `k_g × k_a` is the number of stored values
+    /// per layer either way. With `projection = identity` (exact gradients) the scheme is moot
+    /// and the run is recorded as random ([`HookConfig::effective_scheme`]).
     pub sketch_scheme: SketchScheme,
     /// How the training loss is reduced (the hook undoes it).
     pub loss_reduction: LossReduction,
@@ -71,7 +74,10 @@ impl Default for HookConfig {
             sketch_sizes: Vec::new(),
             projection_seed: 0x5eed,
             projection: ProjectionKind::Rademacher,
-            sketch_scheme: SketchScheme::Random,
+            sketch_scheme: SketchScheme::Eigenbasis {
+                select: CoordinateSelection::Eigenvalue,
+                max_side: 64,
+            },
             loss_reduction: LossReduction::MeanOverTokens,
             window_steps: 200,
             factor_every: 10,
@@ -129,6 +135,16 @@ impl HookConfig {
         seed: u64,
     }
 
+    /// The scheme the hook applies: [`HookConfig::sketch_scheme`], except that identity
+    /// projections (full-rank exact gradients) are never rotated.
+    pub fn effective_scheme(&self) -> SketchScheme {
+        if self.projection == ProjectionKind::Identity {
+            SketchScheme::Random
+        } else {
+            self.sketch_scheme
+        }
+    }
+
     /// Checks every field; the error names the field.
     pub fn validate(&self) -> Result<(), HookError> {
         let bad = |field: &str, why: String| Err(HookError::Config(format!("{field}: {why}")));
@@ -144,8 +160,19 @@ impl HookConfig {
             }
         }
         if let SketchScheme::Eigenbasis { max_side, .. } = self.sketch_scheme {
-            if max_side == 0 {
-                return bad("sketch_scheme.max_side", "must be at least 1".into());
+            let sizes = std::iter::once((self.k_a, self.k_g))
+                .chain(self.sketch_sizes.iter().map(|s| (s.k_a, s.k_g)));
+            for (k_a, k_g) in sizes {
+                if max_side < k_a.max(k_g) {
+                    return bad(
+                        "sketch_scheme.max_side",
+                        format!(
+                            "{max_side} eigenvectors a side cannot hold {k_g} × {k_a} coordinates \
+                             (needs at least {})",
+                            k_a.max(k_g)
+                        ),
+                    );
+                }
             }
             if !self.factors {
                 return bad(

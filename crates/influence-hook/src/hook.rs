@@ -251,9 +251,12 @@ impl<B: Clone + Send + 'static> Hook<B> {
                 "basis_from: the run has already started".into(),
             ));
         }
-        if !matches!(st.config.sketch_scheme, SketchScheme::Eigenbasis { .. }) {
+        if !matches!(
+            st.config.effective_scheme(),
+            SketchScheme::Eigenbasis { .. }
+        ) {
             return Err(HookError::Config(
-                "basis_from: sketch_scheme is not eigenbasis".into(),
+                "basis_from: sketch_scheme is not eigenbasis (or projection is identity)".into(),
             ));
         }
         st.initial_basis = Some(factors.clone());
@@ -444,7 +447,7 @@ impl<B: Clone + Send + 'static> State<B> {
             loss_reduction: self.config.loss_reduction,
             window_steps: self.config.window_steps,
             fisher: self.config.fisher,
-            sketch_scheme: self.config.sketch_scheme,
+            sketch_scheme: self.config.effective_scheme(),
         };
         let mut layers = Vec::with_capacity(specs.len());
         for (i, spec) in specs.into_iter().enumerate() {
@@ -634,7 +637,10 @@ impl<B: Clone + Send + 'static> State<B> {
         segs: &Segments,
         device: &Device,
     ) -> Result<(), HookError> {
-        if !matches!(self.config.sketch_scheme, SketchScheme::Eigenbasis { .. }) {
+        if !matches!(
+            self.config.effective_scheme(),
+            SketchScheme::Eigenbasis { .. }
+        ) {
             return Ok(());
         }
         let docs = segs.docs.len().max(1) as f64;
@@ -984,7 +990,7 @@ fn next_basis(
     window: u32,
     device: &Device,
 ) -> Result<Option<BasisDev>, HookError> {
-    let SketchScheme::Eigenbasis { select, max_side } = config.sketch_scheme else {
+    let SketchScheme::Eigenbasis { select, max_side } = config.effective_scheme() else {
         return Ok(None);
     };
     let record =

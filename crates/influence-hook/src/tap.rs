@@ -98,6 +98,12 @@ impl Tap {
         let (mut k_a, mut k_g) = shared.config.sketch_size(name);
         if shared.config.projection == influence_core::ProjectionKind::Identity {
             (k_a, k_g) = (d_in + usize::from(bias), d_out);
+        } else if matches!(
+            shared.config.effective_scheme(),
+            influence_core::SketchScheme::Eigenbasis { .. }
+        ) {
+            // Eigenbasis coordinates: a layer holds at most d_out × d_in_aug of them.
+            (k_a, k_g) = (k_a.min(d_in + usize::from(bias)), k_g.min(d_out));
         }
         let spec = LayerSpec {
             name: name.to_string(),

@@ -103,9 +103,20 @@ impl Store {
 
     /// The factors of a closed window (checksum verified).
     pub fn factors(&self, window: u32) -> Result<WindowRecord, StoreError> {
-        let w = self.window(window)?;
-        let path = self.dir.join(&w.factors.file);
-        let bytes = ipc::read_verified(&self.dir, &w.factors)?;
+        read_factors(&self.dir, &self.manifest, self.window(window)?)
+    }
+}
+
+/// The factors of window entry `w` of the store in `dir` with manifest `manifest` (checksum
+/// verified, checked against the manifest).
+pub(crate) fn read_factors(
+    dir: &Path,
+    manifest: &Manifest,
+    w: &WindowEntry,
+) -> Result<WindowRecord, StoreError> {
+    {
+        let path = dir.join(&w.factors.file);
+        let bytes = ipc::read_verified(&dir, &w.factors)?;
         let (schema, batches) = ipc::decode(bytes, None, &path)?;
         let record = factors::decode(&schema, &batches, &path)?;
         if (record.window, record.first_step, record.last_step)
@@ -125,7 +136,7 @@ impl Store {
                 ),
             ));
         }
-        let layers = &self.manifest.run.layers;
+        let layers = &manifest.run.layers;
         if !record.layers.is_empty() {
             if record.layers.len() != layers.len() {
                 return Err(StoreError::invalid(
@@ -158,7 +169,9 @@ impl Store {
         }
         Ok(record)
     }
+}
 
+impl Store {
     fn checkpoint_entry(&self, window: u32) -> Result<&FileEntry, StoreError> {
         self.window(window)?
             .checkpoint

@@ -92,8 +92,11 @@ impl StatsHandle {
 }
 
 /// Where a resumed run continues.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ResumePoint {
+    /// The factors of the last complete window (verified), which an eigenbasis-sketching hook
+    /// continues from (`Hook::basis_from`); `None` when starting from scratch.
+    pub factors: Option<WindowRecord>,
     /// The first step to run (a window boundary; 0 when no window was complete).
     pub step: u64,
     /// The checkpoint to load before continuing (the model after step `step - 1`), its bytes
@@ -167,6 +170,7 @@ impl StoreWriter {
         if !dir.join(MANIFEST).exists() {
             let removed_files = clean(dir, None)?;
             let point = ResumePoint {
+                factors: None,
                 step: 0,
                 checkpoint: None,
                 removed_rows: 0,
@@ -183,16 +187,17 @@ impl StoreWriter {
                 "the run finished normally; there is nothing to resume",
             ));
         }
-        let (step, checkpoint) = match m.last_complete_window() {
+        let (step, checkpoint, factors) = match m.last_complete_window() {
             Some(w) => {
                 let c = w
                     .checkpoint
                     .clone()
                     .ok_or_else(|| StoreError::invalid(&mpath, "windows.checkpoint", "missing"))?;
                 ipc::read_verified(dir, &c)?;
-                (w.last_step + 1, Some(dir.join(&c.file)))
+                let factors = crate::reader::read_factors(dir, &m, w)?;
+                (w.last_step + 1, Some(dir.join(&c.file)), Some(factors))
             }
-            None => (0, None),
+            None => (0, None, None),
         };
         let mut removed_rows = 0;
         m.shards.retain(|s| {
@@ -238,6 +243,7 @@ impl StoreWriter {
         Ok((
             w,
             ResumePoint {
+                factors,
                 step,
                 checkpoint,
                 removed_rows,

@@ -307,6 +307,17 @@ pub fn train_on(
         }
         if let Some(h) = &hook {
             h.resume_at(first).context("resuming the hook")?;
+            // Eigenbasis sketches continue in the last complete window's basis, as the
+            // uninterrupted run did.
+            if let Some(f) = &r.factors
+                && matches!(
+                    config.hook.effective_scheme(),
+                    influence_core::SketchScheme::Eigenbasis { .. }
+                )
+            {
+                h.basis_from(f)
+                    .context("resuming the hook's sketch basis")?;
+            }
         }
     }
     let first = usize::try_from(first).context("resume step")?;
