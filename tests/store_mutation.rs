@@ -217,7 +217,7 @@ fn manifest_edits_are_rejected_with_the_field_named() {
         );
     }
     type Edit = fn(&mut Value);
-    let cases: [(&str, Edit, &str); 15] = [
+    let cases: [(&str, Edit, &str); 16] = [
         (
             "projection seed",
             |m| m["run"]["projection_seed"] = json!(1),
@@ -225,8 +225,14 @@ fn manifest_edits_are_rejected_with_the_field_named() {
         ),
         (
             "newer store",
-            |m| m["store_version"] = json!(2),
-            "store_version is 2",
+            |m| m["store_version"] = json!(3),
+            "store_version is 3, this reader supports 1 to 2",
+        ),
+        (
+            // Version 1 knew only random projections; this store's sketches are eigenbasis ones.
+            "version-1 records with a scheme version 1 cannot hold",
+            |m| m["run"]["format_version"] = json!(1),
+            "run.sketch_scheme",
         ),
         (
             "newer records",

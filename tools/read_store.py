@@ -34,10 +34,12 @@ def sketch_values(column, dtype):
 
 def main(store):
     m = json.load(open(f"{store}/manifest.json"))
-    assert m["store_version"] == 1, m["store_version"]
+    assert m["store_version"] in (1, 2), m["store_version"]
     layers = [l["name"] for l in m["run"]["layers"]]
     out = {"rows": 0, "shards": 0, "doc_id_sum": 0, "step_sum": 0, "sources": {},
            "layer_sums": {name: 0.0 for name in layers}, "first_row": None, "factors": []}
+    # Per (window, layer): sum of squares and rows, to check the stored second moments.
+    squares = {}
     for s in m["shards"]:
         table = ipc.open_file(pa.BufferReader(read_verified(store, s))).read_all()
         assert table.num_rows == s["rows"], f"{s['file']}: rows"
@@ -52,6 +54,9 @@ def main(store):
         for name in layers:
             values = sketch_values(table.column(f"sketch.{name}"), m["dtype"])
             out["layer_sums"][name] += float(values.astype(np.float64).sum())
+            sq, n = squares.get((s["window"], name), (0.0, 0))
+            squares[(s["window"], name)] = (sq + (values.astype(np.float64) ** 2).sum(axis=0),
+                                            n + len(values))
             if out["first_row"] is None or name not in out["first_row"]["sketches"]:
                 if out["first_row"] is None:
                     out["first_row"] = {"doc_id": int(table.column("doc_id")[0].as_py()),
@@ -61,7 +66,21 @@ def main(store):
         table = ipc.open_file(pa.BufferReader(read_verified(store, w["factors"]))).read_all()
         meta = json.loads(table.schema.metadata[b"burn_influence.window"])
         assert meta["window"] == w["window"]
+        # Version 2: an eigenbasis window's second moment is the mean square of its rows
+        # (f16 storage rounds the rows: 1e-2 relative).
+        bases = 0
+        if "basis_second_moment" in table.column_names:
+            for name, moment in zip(table.column("layer").to_pylist(),
+                                    table.column("basis_second_moment").to_pylist()):
+                if moment is None or (w["window"], name) not in squares:
+                    continue
+                sq, n = squares[(w["window"], name)]
+                mine = sq / n
+                err = np.abs(mine - np.array(moment)).max() / max(np.abs(moment).max(), 1e-30)
+                assert err < 1e-2, f"window {w['window']} {name}: second moment off by {err}"
+                bases += 1
         out["factors"].append({
+            "bases_checked": bases,
             "window": w["window"],
             "layers": table.column("layer").to_pylist(),
             "a_sum": float(sum(np.sum(a) for a in table.column("a").to_pylist())),

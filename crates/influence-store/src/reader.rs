@@ -114,61 +114,58 @@ pub(crate) fn read_factors(
     manifest: &Manifest,
     w: &WindowEntry,
 ) -> Result<WindowRecord, StoreError> {
+    let path = dir.join(&w.factors.file);
+    let bytes = ipc::read_verified(dir, &w.factors)?;
+    let (schema, batches) = ipc::decode(bytes, None, &path)?;
+    let record = factors::decode(&schema, &batches, &path)?;
+    if (record.window, record.first_step, record.last_step) != (w.window, w.first_step, w.last_step)
     {
-        let path = dir.join(&w.factors.file);
-        let bytes = ipc::read_verified(&dir, &w.factors)?;
-        let (schema, batches) = ipc::decode(bytes, None, &path)?;
-        let record = factors::decode(&schema, &batches, &path)?;
-        if (record.window, record.first_step, record.last_step)
-            != (w.window, w.first_step, w.last_step)
-        {
+        return Err(StoreError::invalid(
+            path,
+            "burn_influence.window",
+            format!(
+                "window {} steps {}..={}, the manifest says window {} steps {}..={}",
+                record.window,
+                record.first_step,
+                record.last_step,
+                w.window,
+                w.first_step,
+                w.last_step
+            ),
+        ));
+    }
+    let layers = &manifest.run.layers;
+    if !record.layers.is_empty() {
+        if record.layers.len() != layers.len() {
             return Err(StoreError::invalid(
                 path,
-                "burn_influence.window",
+                "layer",
                 format!(
-                    "window {} steps {}..={}, the manifest says window {} steps {}..={}",
-                    record.window,
-                    record.first_step,
-                    record.last_step,
-                    w.window,
-                    w.first_step,
-                    w.last_step
+                    "{} layers, the run has {}",
+                    record.layers.len(),
+                    layers.len()
                 ),
             ));
         }
-        let layers = &manifest.run.layers;
-        if !record.layers.is_empty() {
-            if record.layers.len() != layers.len() {
+        for (f, l) in record.layers.iter().zip(layers) {
+            if f.name != l.name || f.eig_a.dim != l.d_in_aug() || f.eig_s.dim != l.d_out {
                 return Err(StoreError::invalid(
-                    path,
-                    "layer",
+                    &path,
+                    format!("layer[{}]", f.name),
                     format!(
-                        "{} layers, the run has {}",
-                        record.layers.len(),
-                        layers.len()
+                        "{} with A {}², S {}², the manifest's layer is {} with {}², {}²",
+                        f.name,
+                        f.eig_a.dim,
+                        f.eig_s.dim,
+                        l.name,
+                        l.d_in_aug(),
+                        l.d_out
                     ),
                 ));
             }
-            for (f, l) in record.layers.iter().zip(layers) {
-                if f.name != l.name || f.eig_a.dim != l.d_in_aug() || f.eig_s.dim != l.d_out {
-                    return Err(StoreError::invalid(
-                        &path,
-                        format!("layer[{}]", f.name),
-                        format!(
-                            "{} with A {}², S {}², the manifest's layer is {} with {}², {}²",
-                            f.name,
-                            f.eig_a.dim,
-                            f.eig_s.dim,
-                            l.name,
-                            l.d_in_aug(),
-                            l.d_out
-                        ),
-                    ));
-                }
-            }
         }
-        Ok(record)
     }
+    Ok(record)
 }
 
 impl Store {

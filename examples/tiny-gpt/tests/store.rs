@@ -224,5 +224,20 @@ fn pyarrow_reads_the_store() {
             (py_a - a_sum).abs() <= 1e-9 * a_sum.abs().max(1.0),
             "{py_a} vs {a_sum}"
         );
+        // pyarrow recomputed every eigenbasis layer's second moment from the window's rows.
+        let bases = record
+            .layers
+            .iter()
+            .filter(|l| l.sketch_basis.is_some())
+            .count();
+        assert_eq!(
+            f["bases_checked"].as_u64(),
+            Some(bases as u64),
+            "window {w}"
+        );
+        assert!(
+            bases > 0,
+            "the example's default sketches are eigenbasis coordinates"
+        );
     }
 }
