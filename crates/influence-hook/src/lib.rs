@@ -8,7 +8,10 @@
 //!
 //! For each tracked layer and each document `n` of the batch it computes the sketch
 //! `K_n = Σ_{t∈n} (P_gᵀ g_t)(P_aᵀ a_t)ᵀ` (a batched matmul on the training device; the per-example
-//! `d_out × d_in` gradient is never formed), accumulates `A = Σ a aᵀ/N`, `S = Σ g gᵀ/N` on factor
+//! `d_out × d_in` gradient is never formed) — by default with `P_g`, `P_a` eigenvectors of the
+//! previous window's factors, keeping the `k_g·k_a` coordinates of largest corrected eigenvalue
+//! ([`influence_core::SketchScheme::Eigenbasis`]; the first window fits its basis on its first
+//! batch), or with seeded random projections (`SketchScheme::Random`) — accumulates `A = Σ a aᵀ/N`, `S = Σ g gᵀ/N` on factor
 //! steps, and every `window_steps` steps closes a window: checkpoint, factors, eigenbases and the
 //! corrected eigenvalues `Λ = mean_n (Q_Sᵀ G_n Q_A)²` from a reservoir of the window's batches
 //! re-run at the checkpoint.
