@@ -372,3 +372,75 @@ fn decode_basis(
         rows: rows.value(r),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(basis: Option<SketchBasis>) -> LayerFactors {
+        let eig = |d: usize| Eigenbasis {
+            dim: d,
+            vectors: (0..d * d).map(|i| i as f64).collect(),
+            values: (0..d).map(|i| i as f64).collect(),
+        };
+        LayerFactors {
+            name: "fc".into(),
+            a: vec![1.0; 9],
+            s: vec![2.0; 4],
+            tokens: 10,
+            tokens_per_example: 2.5,
+            eig_a: eig(3),
+            eig_s: eig(2),
+            corrected: Some(vec![0.5; 6]),
+            corrected_examples: 4,
+            sketch_basis: basis,
+        }
+    }
+
+    fn record(basis: Option<SketchBasis>) -> WindowRecord {
+        WindowRecord {
+            window: 1,
+            first_step: 4,
+            last_step: 7,
+            learning_rates: vec![0.1; 4],
+            layers: vec![layer(basis), layer(None)],
+        }
+    }
+
+    /// A basis round-trips; a store-version-1 factor file (no `basis_*` columns) reads as
+    /// seeded projections.
+    #[test]
+    fn basis_round_trips_and_version_1_files_have_none() {
+        let basis = SketchBasis {
+            from_window: 0,
+            k_a: 2,
+            k_g: 1,
+            p_a: vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
+            p_g: vec![0.7, 0.8],
+            coords: vec![1, 0],
+            second_moment: Some(vec![3.0, 4.0]),
+            rows: 9,
+        };
+        let r = record(Some(basis));
+        let b = encode(&r).expect("encode");
+        let path = Path::new("window-00001.arrow");
+        assert_eq!(decode(&b.schema(), &[b.clone()], path).expect("decode"), r);
+
+        let v1: Vec<usize> = (0..b.num_columns())
+            .filter(|&i| !b.schema().field(i).name().starts_with("basis_"))
+            .collect();
+        assert_eq!(v1.len(), 13, "the version-1 columns");
+        let old = b.project(&v1).expect("project");
+        let got = decode(&old.schema(), &[old.clone()], path).expect("decode v1");
+        assert!(got.layers.iter().all(|l| l.sketch_basis.is_none()));
+        assert_eq!(got.layers[1], r.layers[1]);
+
+        // A basis row with a part missing is an error naming the column and layer.
+        let mut cols = b.columns().to_vec();
+        let i = b.schema().index_of("basis_coords").expect("column");
+        cols[i] = u32_list_array(vec![None, None]).expect("nulls");
+        let broken = RecordBatch::try_new(b.schema(), cols).expect("batch");
+        let err = decode(&broken.schema(), &[broken], path).expect_err("null coords");
+        assert!(err.to_string().contains("basis_coords[fc]"), "{err}");
+    }
+}
