@@ -424,14 +424,17 @@ mod tests {
         let r = record(Some(basis));
         let b = encode(&r).expect("encode");
         let path = Path::new("window-00001.arrow");
-        assert_eq!(decode(&b.schema(), &[b.clone()], path).expect("decode"), r);
+        assert_eq!(
+            decode(&b.schema(), std::slice::from_ref(&b), path).expect("decode"),
+            r
+        );
 
         let v1: Vec<usize> = (0..b.num_columns())
             .filter(|&i| !b.schema().field(i).name().starts_with("basis_"))
             .collect();
         assert_eq!(v1.len(), 13, "the version-1 columns");
         let old = b.project(&v1).expect("project");
-        let got = decode(&old.schema(), &[old.clone()], path).expect("decode v1");
+        let got = decode(&old.schema(), std::slice::from_ref(&old), path).expect("decode v1");
         assert!(got.layers.iter().all(|l| l.sketch_basis.is_none()));
         assert_eq!(got.layers[1], r.layers[1]);
 
