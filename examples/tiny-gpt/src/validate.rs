@@ -55,6 +55,9 @@ pub struct StudyConfig {
     pub train_ks: Vec<usize>,
     /// Post-hoc sketch sizes at the final checkpoint (the LDS rows and the price curve).
     pub posthoc_ks: Vec<usize>,
+    /// Non-square post-hoc sizes `(k_a, k_g)`, measured like `posthoc_ks`.
+    #[serde(default)]
+    pub posthoc_sizes: Vec<(usize, usize)>,
     /// Sketch schemes of the post-hoc price curve (each at every size of `posthoc_ks`).
     #[serde(default = "all_schemes")]
     pub posthoc_schemes: Vec<SketchScheme>,
@@ -116,6 +119,7 @@ impl StudyConfig {
             max_queries: None,
             train_ks: vec![64],
             posthoc_ks: vec![4, 8, 16, 32],
+            posthoc_sizes: Vec::new(),
             posthoc_schemes: all_schemes(),
             train_schemes: vec![SketchScheme::Random],
             // f16 and bf16 gave the f32 figures to three decimals (2026-11-27): one value type.
@@ -470,6 +474,16 @@ fn all_schemes() -> Vec<SketchScheme> {
 
 /// A scheme's name in the tables.
 pub fn scheme_label(s: &SketchScheme) -> String {
+    let cap = match s {
+        SketchScheme::Eigenbasis { max_side, .. } if *max_side < 1024 => {
+            format!(", ≤ {max_side} a side")
+        }
+        _ => String::new(),
+    };
+    scheme_name(s) + &cap
+}
+
+fn scheme_name(s: &SketchScheme) -> String {
     match s {
         SketchScheme::Random => "random projection".into(),
         SketchScheme::Eigenbasis {
@@ -492,8 +506,11 @@ pub struct PriceRow {
     /// Bytes per layer of the per-window files (factors, bases), per window.
     #[serde(default)]
     pub window_bytes_per_layer: f64,
-    /// `k_a = k_g`.
+    /// `k_a` (and `k_g` for square sizes).
     pub k: usize,
+    /// `k_g` when it differs from `k` (0 in older reports: square).
+    #[serde(default)]
+    pub k_g: usize,
     /// Value type.
     pub dtype: SketchDtype,
     /// Stored values per document (all layers).
@@ -543,6 +560,7 @@ pub struct StudyReport {
 struct PriceStore {
     scheme: String,
     k: usize,
+    k_g: usize,
     dtype: SketchDtype,
     values: usize,
     stored: f64,
@@ -830,14 +848,19 @@ pub fn run_study(
     // 3. Post-hoc sketches: the price curve (and LDS rows at f32).
     let mut price_stores = Vec::new();
     for (si, scheme) in config.posthoc_schemes.iter().enumerate() {
-        for &k in &config.posthoc_ks {
+        let sizes = config
+            .posthoc_ks
+            .iter()
+            .map(|&k| (k, k))
+            .chain(config.posthoc_sizes.iter().copied());
+        for (k, k_g) in sizes {
             for &dtype in &config.dtypes {
-                let name = format!("posthoc-s{si}-k{k}-{dtype:?}").to_lowercase();
+                let name = format!("posthoc-s{si}-k{k}x{k_g}-{dtype:?}").to_lowercase();
                 let store = posthoc_store(
                     &task,
                     &ckpt,
                     &out.join(&name),
-                    fit.clone().k_a(k).k_g(k).sketch_scheme(*scheme),
+                    fit.clone().k_a(k).k_g(k_g).sketch_scheme(*scheme),
                     dtype,
                 )?;
                 let values: usize = store.run().layers.iter().map(|l| l.sketch_len()).sum();
@@ -850,6 +873,7 @@ pub fn run_study(
                 price_stores.push(PriceStore {
                     scheme: scheme_label(scheme),
                     k,
+                    k_g,
                     dtype,
                     values,
                     stored: stored_bytes_per_doc(&store),
@@ -876,6 +900,7 @@ pub fn run_study(
             scheme: p.scheme.clone(),
             window_bytes_per_layer: p.window_bytes,
             k: p.k,
+            k_g: p.k_g,
             dtype: p.dtype,
             values_per_doc: p.values,
             bytes_per_doc: p.values * p.dtype.bytes(),
@@ -1191,7 +1216,7 @@ impl StudyReport {
                 "| {} | {}×{} | {:?} | {} | {} | {:.0} | {:.0} KB | {:.3} | {:.3} | {:.2} | {:.3} |",
                 p.scheme,
                 p.k,
-                p.k,
+                if p.k_g == 0 { p.k } else { p.k_g },
                 p.dtype,
                 p.values_per_doc,
                 p.bytes_per_doc,
