@@ -5,8 +5,10 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use arrow_array::types::{Float64Type, UInt32Type};
 use arrow_array::{
-    Array, ArrayRef, Float64Array, ListArray, RecordBatch, StringArray, UInt32Array, UInt64Array,
+    Array, ArrayRef, ArrowPrimitiveType, Float64Array, ListArray, PrimitiveArray, RecordBatch,
+    StringArray, UInt32Array, UInt64Array,
 };
 use arrow_buffer::OffsetBuffer;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
@@ -36,8 +38,13 @@ const LISTS: [&str; 7] = [
     "corrected",
 ];
 
+/// `list<T>` with non-null items.
+fn list_type<T: ArrowPrimitiveType>() -> DataType {
+    DataType::List(Arc::new(Field::new("item", T::DATA_TYPE, false)))
+}
+
 fn f64_list() -> DataType {
-    DataType::List(Arc::new(Field::new("item", DataType::Float64, false)))
+    list_type::<Float64Type>()
 }
 
 /// The schema of a factor file.
@@ -61,53 +68,34 @@ pub fn factor_schema() -> SchemaRef {
         Field::new("basis_rows", DataType::UInt64, true),
         Field::new("basis_p_a", f64_list(), true),
         Field::new("basis_p_g", f64_list(), true),
-        Field::new("basis_coords", u32_list(), true),
+        Field::new("basis_coords", list_type::<UInt32Type>(), true),
         Field::new("basis_second_moment", f64_list(), true),
     ]);
     Arc::new(Schema::new(fields))
 }
 
-fn u32_list() -> DataType {
-    DataType::List(Arc::new(Field::new("item", DataType::UInt32, false)))
-}
-
-fn u32_list_array(rows: Vec<Option<&[u32]>>) -> Result<ArrayRef, arrow_schema::ArrowError> {
-    let offsets = OffsetBuffer::from_lengths(rows.iter().map(|r| r.map_or(0, <[u32]>::len)));
-    let values: Vec<u32> = rows
-        .iter()
-        .flat_map(|r| r.unwrap_or_default())
-        .copied()
-        .collect();
+/// A nullable `list<T>` column, one row per entry (`None`: a null row).
+fn list_of<T: ArrowPrimitiveType>(
+    rows: Vec<Option<&[T::Native]>>,
+) -> Result<ArrayRef, arrow_schema::ArrowError> {
+    let offsets = OffsetBuffer::from_lengths(rows.iter().map(|r| r.map_or(0, <[_]>::len)));
+    let values = PrimitiveArray::<T>::from_iter_values(
+        rows.iter().flat_map(|r| r.unwrap_or_default()).copied(),
+    );
     let nulls = rows
         .iter()
         .any(Option::is_none)
         .then(|| rows.iter().map(Option::is_some).collect());
     Ok(Arc::new(ListArray::try_new(
-        Arc::new(Field::new("item", DataType::UInt32, false)),
+        Arc::new(Field::new("item", T::DATA_TYPE, false)),
         offsets,
-        Arc::new(UInt32Array::from(values)),
+        Arc::new(values),
         nulls,
     )?))
 }
 
 fn list(rows: Vec<Option<&[f64]>>) -> Result<ArrayRef, arrow_schema::ArrowError> {
-    let lengths = rows.iter().map(|r| r.map_or(0, <[f64]>::len));
-    let offsets = OffsetBuffer::from_lengths(lengths);
-    let values: Vec<f64> = rows
-        .iter()
-        .flat_map(|r| r.unwrap_or_default())
-        .copied()
-        .collect();
-    let nulls = rows
-        .iter()
-        .any(Option::is_none)
-        .then(|| rows.iter().map(Option::is_some).collect());
-    Ok(Arc::new(ListArray::try_new(
-        Arc::new(Field::new("item", DataType::Float64, false)),
-        offsets,
-        Arc::new(Float64Array::from(values)),
-        nulls,
-    )?))
+    list_of::<Float64Type>(rows)
 }
 
 /// Encodes a window's factors as a record batch (with the window's metadata on the schema).
@@ -184,7 +172,7 @@ pub fn encode(record: &WindowRecord) -> Result<RecordBatch, arrow_schema::ArrowE
     )));
     columns.push(list(basis.iter().map(|b| b.map(|b| &b.p_a[..])).collect())?);
     columns.push(list(basis.iter().map(|b| b.map(|b| &b.p_g[..])).collect())?);
-    columns.push(u32_list_array(
+    columns.push(list_of::<UInt32Type>(
         basis.iter().map(|b| b.map(|b| &b.coords[..])).collect(),
     )?);
     columns.push(list(
@@ -441,7 +429,7 @@ mod tests {
         // A basis row with a part missing is an error naming the column and layer.
         let mut cols = b.columns().to_vec();
         let i = b.schema().index_of("basis_coords").expect("column");
-        cols[i] = u32_list_array(vec![None, None]).expect("nulls");
+        cols[i] = list_of::<UInt32Type>(vec![None, None]).expect("nulls");
         let broken = RecordBatch::try_new(b.schema(), cols).expect("batch");
         let err = decode(&broken.schema(), &[broken], path).expect_err("null coords");
         assert!(err.to_string().contains("basis_coords[fc]"), "{err}");
