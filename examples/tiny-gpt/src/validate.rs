@@ -911,26 +911,35 @@ pub fn run_study(
             lds,
         })
     };
-    if !config.retrain {
+    // The report and its files, from whatever the study measured.
+    let finish = |lds: Vec<LdsRow>,
+                  removal: Vec<RemovalRow>,
+                  price: Vec<PriceRow>,
+                  runs: (usize, usize, f64)|
+     -> Result<Option<StudyReport>> {
         let report = StudyReport {
             config: config.clone(),
             queries: queries.iter().map(|q| q.id.clone()).collect(),
             documents: n,
             tokens,
             final_loss,
-            lds: Vec::new(),
-            removal: Vec::new(),
+            lds,
+            removal,
             overlap_k: config.overlap_k.min(n),
-            price: price_stores
-                .iter()
-                .map(|p| price_row(p, f64::NAN))
-                .collect::<Result<_>>()?,
-            runs: (0, 0, 0.0),
+            price,
+            runs,
             seconds: start.elapsed().as_secs_f64(),
         };
         std::fs::write(out.join("study.json"), serde_json::to_vec_pretty(&report)?)?;
         std::fs::write(out.join("study.md"), report.markdown())?;
-        return Ok(Some(report));
+        Ok(Some(report))
+    };
+    if !config.retrain {
+        let price = price_stores
+            .iter()
+            .map(|p| price_row(p, f64::NAN))
+            .collect::<Result<_>>()?;
+        return finish(Vec::new(), Vec::new(), price, (0, 0, 0.0));
     }
 
     // 4. Retraining: the full run per seed, the subsets, the removals.
@@ -1099,22 +1108,7 @@ pub fn run_study(
         })
         .collect::<Result<Vec<_>>>()?;
 
-    let report = StudyReport {
-        config: config.clone(),
-        queries: queries.iter().map(|q| q.id.clone()).collect(),
-        documents: n,
-        tokens,
-        final_loss,
-        lds: lds_rows,
-        removal,
-        overlap_k: config.overlap_k.min(n),
-        price,
-        runs,
-        seconds: start.elapsed().as_secs_f64(),
-    };
-    std::fs::write(out.join("study.json"), serde_json::to_vec_pretty(&report)?)?;
-    std::fs::write(out.join("study.md"), report.markdown())?;
-    Ok(Some(report))
+    finish(lds_rows, removal, price, runs)
 }
 
 /// Linear-interpolation quantile (numpy's default); `NaN` for an empty slice.
