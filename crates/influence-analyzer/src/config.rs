@@ -21,6 +21,13 @@ pub struct ScoreConfig {
     pub bottom_k: usize,
     /// Weight each row by the learning rate of its step (TracIn-style).
     pub lr_weighting: bool,
+    /// Unit-normalise every stored row (one document's gradient at one step, all layers
+    /// together) in the scoring metric before it is scored: the score becomes the cosine
+    /// (TrackStar-style) up to the query's own norm, a per-query constant that changes no
+    /// ranking. The metric is the one the query is preconditioned with — `Σ_c K_c² / (Λ_c + λ)`
+    /// for eigenbasis coordinates under EK-FAC, `Σ_c K_c²` under identity and for
+    /// random-projection sketches (whose preconditioner lives in the full space).
+    pub normalize: bool,
     /// Windows to score (default: every complete window).
     pub windows: Option<Vec<u32>>,
     /// Queries per forward/backward pass when computing query gradients.
@@ -38,6 +45,7 @@ impl Default for ScoreConfig {
             top_k: 20,
             bottom_k: 20,
             lr_weighting: false,
+            normalize: false,
             windows: None,
             query_batch: 8,
             decode_threads: 0,
@@ -61,6 +69,12 @@ impl ScoreConfig {
     /// Sets the top-k size.
     pub fn top_k(mut self, k: usize) -> Self {
         self.top_k = k;
+        self
+    }
+
+    /// Turns row normalisation ([`ScoreConfig::normalize`]) on or off.
+    pub fn normalize(mut self, on: bool) -> Self {
+        self.normalize = on;
         self
     }
 

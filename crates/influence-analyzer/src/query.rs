@@ -194,6 +194,10 @@ pub struct PreparedQueries {
     pub nats: Vec<f64>,
     /// Per store layer: the damping `λ` used.
     pub damping: Vec<f64>,
+    /// Per store layer: the diagonal metric of a stored row (`sketch_len` values), used to
+    /// normalise rows ([`ScoreConfig::normalize`]): `1 / (Λ_c + λ)` for eigenbasis coordinates
+    /// (1 under identity), 1 for random-projection sketches.
+    pub row_metric: Vec<Vec<f32>>,
 }
 
 impl PreparedQueries {
@@ -222,6 +226,7 @@ pub fn prepare(
     let mut sketches = Vec::with_capacity(run.layers.len());
     let mut preconditioned = Vec::with_capacity(run.layers.len());
     let mut damping = Vec::with_capacity(run.layers.len());
+    let mut row_metric = Vec::with_capacity(run.layers.len());
     for (li, spec) in run.layers.iter().enumerate() {
         let gi = grads
             .layers
@@ -279,6 +284,10 @@ pub fn prepare(
             None => None,
         };
         damping.push(sub.as_ref().map_or(pre.damping(), |s| s.damping()));
+        row_metric.push(sub.as_ref().map_or_else(
+            || vec![1.0; spec.sketch_len()],
+            |s| s.metric().into_iter().map(|v| v as f32).collect(),
+        ));
         let (pa, pg) = run.projections(li).ok_or_else(|| {
             AnalyzerError::Mismatch(format!("layer {}: cannot rebuild projections", spec.name))
         })?;
@@ -310,6 +319,7 @@ pub fn prepare(
         preconditioned,
         nats: grads.nats.clone(),
         damping,
+        row_metric,
     })
 }
 

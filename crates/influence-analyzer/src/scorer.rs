@@ -203,19 +203,31 @@ impl Accumulator {
         d
     }
 
-    /// `scores`: `rows × (layers · queries)`, layer-major within a row.
-    fn add(&mut self, chunk: &SketchChunk, scores: &[f32], lr_weighting: bool) {
+    /// `scores`: `rows × (layers · queries)`, layer-major within a row; `norms`: each row's
+    /// norm in the scoring metric when rows are normalised.
+    fn add(
+        &mut self,
+        chunk: &SketchChunk,
+        scores: &[f32],
+        norms: Option<&[f32]>,
+        lr_weighting: bool,
+    ) {
         let (nq, nl) = (self.nq, self.nl);
         for r in 0..chunk.len() {
             let d = self.doc(chunk.doc_ids[r], &chunk.sources[r]);
             let info = &mut self.docs[d];
             info.rows += 1;
             info.tokens += u64::from(chunk.tokens[r]);
-            let w = if lr_weighting {
+            let mut w = if lr_weighting {
                 chunk.learning_rates[r]
             } else {
                 1.0
             };
+            if let Some(norms) = norms {
+                // A zero row scores zero whatever it is divided by.
+                let n = f64::from(norms[r]);
+                w = if n > 0.0 { w / n } else { 0.0 };
+            }
             let row = &scores[r * nl * nq..(r + 1) * nl * nq];
             for l in 0..nl {
                 for q in 0..nq {
@@ -248,8 +260,10 @@ pub fn score_store(
         ));
     }
     let device = device.clone().inner();
-    // Per window and layer: Qᵀ as a `[k_g·k_a, queries]` tensor on the device.
+    // Per window and layer: Qᵀ as a `[k_g·k_a, queries]` tensor on the device, and the row
+    // metric as a `[k_g·k_a, 1]` column when rows are normalised.
     let mut queries: HashMap<u32, Vec<Tensor<2>>> = HashMap::new();
+    let mut metrics: HashMap<u32, Vec<Tensor<2>>> = HashMap::new();
     for p in prepared {
         let mut per_layer = Vec::with_capacity(nl);
         for (l, spec) in run.layers.iter().enumerate() {
@@ -268,6 +282,27 @@ pub fn score_store(
             per_layer.push(t.transpose());
         }
         queries.insert(p.window, per_layer);
+        if config.normalize {
+            let mut m = Vec::with_capacity(nl);
+            for (l, spec) in run.layers.iter().enumerate() {
+                let kk = spec.sketch_len();
+                let values = p
+                    .row_metric
+                    .get(l)
+                    .filter(|v| v.len() == kk)
+                    .ok_or_else(|| {
+                        AnalyzerError::Mismatch(format!(
+                            "window {}: the row metric of layer {} does not have {kk} values",
+                            p.window, spec.name
+                        ))
+                    })?;
+                m.push(Tensor::<2>::from_data(
+                    TensorData::new(values.clone(), [kk, 1]),
+                    &device,
+                ));
+            }
+            metrics.insert(p.window, m);
+        }
     }
     let all_layers: Vec<usize> = (0..nl).collect();
     let mut skipped = 0u64;
@@ -321,18 +356,33 @@ pub fn score_store(
                     continue;
                 }
                 let rows = chunk.len();
+                let metric = metrics.get(&shard.window);
                 let mut parts = Vec::with_capacity(nl);
+                let mut norm2: Option<Tensor<2>> = None;
                 for (l, spec) in run.layers.iter().enumerate() {
                     let kk = spec.sketch_len();
                     // Moved, not copied: the chunk's sketches go to the device as they are.
                     let values = std::mem::take(&mut chunk.sketches[l]);
                     let k = Tensor::<2>::from_data(TensorData::new(values, [rows, kk]), &device);
+                    if let Some(m) = metric {
+                        let n = (k.clone() * k.clone()).matmul(m[l].clone());
+                        norm2 = Some(match norm2 {
+                            Some(acc) => acc + n,
+                            None => n,
+                        });
+                    }
                     parts.push(k.matmul(q[l].clone()));
                 }
-                let scores = Tensor::cat(parts, 1)
-                    .try_into_vec_as::<f32>()
-                    .map_err(|e| AnalyzerError::Device(format!("reading scores: {e:?}")))?;
-                acc.add(&chunk, &scores, config.lr_weighting);
+                let read = |t: Tensor<2>, what: &str| {
+                    t.try_into_vec_as::<f32>()
+                        .map_err(|e| AnalyzerError::Device(format!("reading {what}: {e:?}")))
+                };
+                let scores = read(Tensor::cat(parts, 1), "scores")?;
+                let norms = match norm2 {
+                    Some(n) => Some(read(n.sqrt(), "row norms")?),
+                    None => None,
+                };
+                acc.add(&chunk, &scores, norms.as_deref(), config.lr_weighting);
                 stats.rows += rows as u64;
             }
             stats.shards += 1;

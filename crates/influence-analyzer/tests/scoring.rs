@@ -106,21 +106,43 @@ fn prepared() -> Vec<PreparedQueries> {
             preconditioned: Vec::new(),
             nats: vec![1.0; QUERIES],
             damping: vec![0.1; 2],
+            row_metric: run
+                .layers
+                .iter()
+                .map(|l| {
+                    (0..l.sketch_len())
+                        .map(|_| rng.random_range(0.1..2.0))
+                        .collect()
+                })
+                .collect(),
         })
         .collect()
 }
 
-/// Brute force: per document id, per query, per layer.
+/// Brute force: per document id, per query, per layer; with `normalize`, each row divided by
+/// its norm in the window's row metric (over all layers).
 fn reference(
     batches: &[SketchBatch],
     prepared: &[PreparedQueries],
     lr: bool,
+    normalize: bool,
 ) -> std::collections::BTreeMap<u64, Vec<Vec<f64>>> {
     let run = run();
     let mut out = std::collections::BTreeMap::new();
     for b in batches {
         let p = &prepared[b.window as usize];
         for (r, row) in b.rows.iter().enumerate() {
+            let mut norm2 = 0.0f64;
+            for (l, spec) in run.layers.iter().enumerate() {
+                let n = spec.sketch_len();
+                let k = &b.sketches[l][r * n..(r + 1) * n];
+                norm2 += k
+                    .iter()
+                    .zip(&p.row_metric[l])
+                    .map(|(v, m)| f64::from(*m) * f64::from(*v).powi(2))
+                    .sum::<f64>();
+            }
+            let scale = if normalize { 1.0 / norm2.sqrt() } else { 1.0 };
             let e = out
                 .entry(row.doc_id)
                 .or_insert_with(|| vec![vec![0.0; 2]; QUERIES]);
@@ -134,7 +156,7 @@ fn reference(
                         .zip(qs)
                         .map(|(a, b)| f64::from(*a) * f64::from(*b))
                         .sum();
-                    e[l] += if lr { b.learning_rate * dot } else { dot };
+                    e[l] += scale * if lr { b.learning_rate * dot } else { dot };
                 }
             }
         }
@@ -187,15 +209,39 @@ fn scorer_equals_brute_force_on_every_window_and_layer() {
     assert!(store.manifest().shards.len() >= 6, "many shards");
     let prepared = prepared();
     let device = Device::flex();
-    for lr in [false, true] {
-        let config = ScoreConfig::default().lr_weighting(lr);
+    for (lr, normalize) in [(false, false), (true, false), (false, true), (true, true)] {
+        let config = ScoreConfig::default().lr_weighting(lr).normalize(normalize);
         let s = score_store(&store, &prepared, &config, &device, &mut |_| {}).expect("score");
         assert_eq!(
             s.stats.rows,
             batches.iter().map(|b| b.rows.len() as u64).sum::<u64>()
         );
-        check(&s, &reference(&batches, &prepared, lr));
+        check(&s, &reference(&batches, &prepared, lr, normalize));
     }
+    // Normalising changes the scores (the test would pass vacuously otherwise).
+    let plain = score_store(
+        &store,
+        &prepared,
+        &ScoreConfig::default(),
+        &device,
+        &mut |_| {},
+    )
+    .expect("plain");
+    let unit = score_store(
+        &store,
+        &prepared,
+        &ScoreConfig::default().normalize(true),
+        &device,
+        &mut |_| {},
+    )
+    .expect("normalized");
+    assert!(
+        plain
+            .totals
+            .iter()
+            .zip(&unit.totals)
+            .any(|(a, b)| (a - b).abs() > 1e-3 * a.abs().max(1e-9))
+    );
     // Decoding with 1 or 3 threads gives bit-identical scores (shards are consumed in order).
     let one = ScoreConfig {
         decode_threads: 1,
@@ -235,7 +281,7 @@ fn wgpu_scores_equal_cpu_scores() {
     let config = ScoreConfig::default();
     let gpu = burn::tensor::Device::wgpu(burn::tensor::DeviceKind::Cpu);
     let s = score_store(&store, &prepared, &config, &gpu, &mut |_| {}).expect("wgpu score");
-    check(&s, &reference(&batches, &prepared, false));
+    check(&s, &reference(&batches, &prepared, false, false));
     let cpu = score_store(&store, &prepared, &config, &Device::flex(), &mut |_| {}).expect("cpu");
     let scale = cpu.totals.iter().fold(0.0f64, |m, v| m.max(v.abs()));
     for (a, b) in s.totals.iter().zip(&cpu.totals) {

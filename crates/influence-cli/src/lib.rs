@@ -137,6 +137,9 @@ pub struct ScoringArgs {
     /// Weight each row by its step's learning rate (TracIn-style).
     #[arg(long)]
     pub lr_weighting: bool,
+    /// Unit-normalise each stored row in the scoring metric (cosine scores, TrackStar-style).
+    #[arg(long)]
+    pub normalize: bool,
     /// Windows to score (comma-separated; default all complete windows).
     #[arg(long, value_delimiter = ',')]
     pub windows: Option<Vec<u32>>,
@@ -337,6 +340,9 @@ pub(crate) fn score_config(a: &ScoringArgs) -> Result<ScoreConfig> {
     }
     if a.lr_weighting {
         c.lr_weighting = true;
+    }
+    if a.normalize {
+        c.normalize = true;
     }
     if a.windows.is_some() {
         c.windows = a.windows.clone();

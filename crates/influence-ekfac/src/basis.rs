@@ -292,6 +292,12 @@ impl SubspacePreconditioner {
         self.damping
     }
 
+    /// The metric of the kept coordinates, `1 / (Λ_c + λ)` (1 under identity): a stored row's
+    /// squared norm in the scoring metric is `Σ_c metric_c K_c²`.
+    pub fn metric(&self) -> Vec<f64> {
+        self.denom.iter().map(|d| 1.0 / d).collect()
+    }
+
     /// The basis.
     pub fn basis(&self) -> &SketchBasis {
         &self.basis
