@@ -10,6 +10,7 @@
 
 pub mod corpus;
 pub mod data;
+pub mod facts;
 pub mod learner;
 pub mod model;
 pub mod task;

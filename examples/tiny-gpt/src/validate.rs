@@ -784,6 +784,16 @@ pub fn run_study(
         ));
     }
     methods.push(MethodScores {
+        name: format!("training-time sketches k={k0}, {default_label}, EK-FAC, normalised rows"),
+        scores: score_matrix(
+            &task,
+            &default_store,
+            &queries,
+            &ScoreConfig::default().normalize(true),
+            &ids,
+        )?,
+    });
+    methods.push(MethodScores {
         name: format!("TracIn-style: training-time sketches k={k0}, identity, LR-weighted"),
         scores: score_matrix(
             &task,

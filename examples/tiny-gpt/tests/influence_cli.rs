@@ -210,6 +210,48 @@ fn train_then_report_query_inspect_and_sketch() {
     ));
     assert!(!ok);
     assert!(text.contains("window 9"), "{text}");
+
+    // Fact tracing on the same run: every fact of the tiny corpus asked, ranked by influence
+    // and by BM25; the lexical reference finds the stating documents (the relevance definition
+    // and the ranking work), and every method ranks every stated fact.
+    let (ok, text) = run(Command::new(env!("CARGO_BIN_EXE_facts"))
+        .arg("--run")
+        .arg(&out)
+        .args(["--chunk", "5"]));
+    assert!(ok, "{text}");
+    let facts: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("facts.json")).expect("facts.json"))
+            .expect("parse facts");
+    let n_facts = facts["facts"].as_u64().expect("facts");
+    assert!(n_facts >= 2, "{facts}");
+    let unstated = facts["unstated"].as_u64().expect("unstated");
+    assert!(
+        unstated < n_facts,
+        "12 steps see some fact documents: {facts}"
+    );
+    let rows = facts["rows"].as_array().expect("rows");
+    let all: Vec<&serde_json::Value> = rows.iter().filter(|r| r["form"] == "all").collect();
+    assert_eq!(all.len(), 5, "four influence methods and BM25");
+    let bm25 = all[4]["retrieval"]["mrr"].as_f64().expect("mrr");
+    assert!(bm25 > 0.5, "BM25 MRR {bm25}");
+    // A fact is ranked by every method or (never trained on) by none.
+    let mut ranked = 0;
+    for r in facts["ranks"].as_array().expect("ranks") {
+        let got: Vec<bool> = r[1]
+            .as_array()
+            .expect("ranks")
+            .iter()
+            .map(|x| x.as_u64().is_some())
+            .collect();
+        assert!(got.iter().all(|&g| g == got[0]), "{r}");
+        ranked += usize::from(got[0]);
+    }
+    assert_eq!(
+        all[0]["retrieval"]["queries"].as_u64(),
+        Some(ranked as u64),
+        "the table counts the ranked queries"
+    );
+    assert!(out.join("facts.md").exists());
 }
 
 /// Loads the report page in headless Chromium: the figures and the queries' top documents must be
