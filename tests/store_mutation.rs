@@ -270,7 +270,7 @@ fn manifest_edits_are_rejected_with_the_field_named() {
         (
             "shape",
             |m| m["run"]["layers"][0]["k_a"] = json!(8),
-            "run.layers[0].k_a`: the shard says 16, the manifest says 8",
+            "run.layers[0].k_a`: the shard says 32, the manifest says 8",
         ),
         (
             "dtype",
