@@ -9,7 +9,7 @@
 
 use influence_core::{CoordinateSelection, LayerFactors, SketchBasis};
 
-use crate::{Damping, EkfacError, Preconditioner, Strategy, kfac_eigenvalues, tokens_per_example};
+use crate::{Damping, EkfacError, Strategy, damping_of, kfac_eigenvalues, tokens_per_example};
 
 /// The damping factor the selection uses for `λ` (kronfluence's `0.1 × mean Λ`).
 const SELECTION_DAMPING: f64 = 0.1;
@@ -242,8 +242,7 @@ impl SubspacePreconditioner {
                         "{name}: the sketch basis has no second moment (window not closed)"
                     ))
                 })?;
-                let full = Preconditioner::new(factors, Strategy::Ekfac, damping)?;
-                (lam, full.damping())
+                (lam, damping_of(factors, Strategy::Ekfac, damping)?)
             }
             Strategy::Kfac => {
                 let quad = |m: &[f64], p: &[f64], d: usize, k: usize, col: usize| -> f64 {
@@ -264,8 +263,7 @@ impl SubspacePreconditioner {
                     .iter()
                     .map(|&x| c * ls[x as usize / ka] * la[x as usize % ka])
                     .collect();
-                let full = Preconditioner::new(factors, Strategy::Kfac, damping)?;
-                (lam, full.damping())
+                (lam, damping_of(factors, Strategy::Kfac, damping)?)
             }
             Strategy::Diagonal => {
                 return Err(EkfacError::Missing(format!(
@@ -327,7 +325,7 @@ impl SubspacePreconditioner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{eigh, rotate};
+    use crate::{Preconditioner, eigh, rotate};
     use rand::{Rng, SeedableRng, rngs::StdRng};
 
     fn spd(n: usize, rng: &mut StdRng) -> Vec<f64> {

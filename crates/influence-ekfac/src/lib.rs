@@ -139,6 +139,63 @@ impl Default for Damping {
     }
 }
 
+/// The eigenvalues `strategy` preconditions a layer with (`d_out × d_in`, row-major): the
+/// corrected eigenvalues for EK-FAC and diagonal (KFAC's when the window has none), KFAC's
+/// products, or zeros for identity.
+fn eigenvalues(factors: &LayerFactors, strategy: Strategy) -> Result<Vec<f64>, EkfacError> {
+    let (ds, da) = (factors.eig_s.dim, factors.eig_a.dim);
+    Ok(match strategy {
+        Strategy::Identity => vec![0.0; ds * da],
+        Strategy::Kfac => {
+            kfac_eigenvalues(&factors.eig_s, &factors.eig_a, tokens_per_example(factors))
+        }
+        Strategy::Ekfac | Strategy::Diagonal => match &factors.corrected {
+            Some(c) => {
+                if c.len() != ds * da {
+                    return Err(EkfacError::Shape {
+                        what: format!("{}: corrected eigenvalues", factors.name),
+                        expected: ds * da,
+                        got: c.len(),
+                    });
+                }
+                c.clone()
+            }
+            None => kfac_eigenvalues(&factors.eig_s, &factors.eig_a, tokens_per_example(factors)),
+        },
+    })
+}
+
+fn damping_from(
+    lambda: &[f64],
+    factors: &LayerFactors,
+    strategy: Strategy,
+    damping: Damping,
+) -> Result<f64, EkfacError> {
+    let damping = match (strategy, damping) {
+        (Strategy::Identity, _) => 1.0,
+        (_, Damping::Absolute(l)) => l,
+        (_, Damping::RelativeToMean(f)) => {
+            f * lambda.iter().sum::<f64>() / lambda.len().max(1) as f64
+        }
+    };
+    if !damping.is_finite() || damping <= 0.0 {
+        return Err(EkfacError::Missing(format!(
+            "{}: damping must be positive and finite, got {damping}",
+            factors.name
+        )));
+    }
+    Ok(damping)
+}
+
+/// The damping `λ` that [`Preconditioner::new`] would use for this layer, without building it.
+pub fn damping_of(
+    factors: &LayerFactors,
+    strategy: Strategy,
+    damping: Damping,
+) -> Result<f64, EkfacError> {
+    damping_from(&eigenvalues(factors, strategy)?, factors, strategy, damping)
+}
+
 /// A ready-to-use per-layer preconditioner `(F + λI)⁻¹` in the Kronecker eigenbasis.
 #[derive(Clone, Debug)]
 pub struct Preconditioner {
@@ -159,40 +216,8 @@ impl Preconditioner {
     ) -> Result<Self, EkfacError> {
         let da = factors.eig_a.dim;
         let ds = factors.eig_s.dim;
-        let lambda: Vec<f64> = match strategy {
-            Strategy::Identity => vec![0.0; ds * da],
-            Strategy::Kfac => {
-                kfac_eigenvalues(&factors.eig_s, &factors.eig_a, tokens_per_example(factors))
-            }
-            Strategy::Ekfac | Strategy::Diagonal => match &factors.corrected {
-                Some(c) => {
-                    if c.len() != ds * da {
-                        return Err(EkfacError::Shape {
-                            what: format!("{}: corrected eigenvalues", factors.name),
-                            expected: ds * da,
-                            got: c.len(),
-                        });
-                    }
-                    c.clone()
-                }
-                None => {
-                    kfac_eigenvalues(&factors.eig_s, &factors.eig_a, tokens_per_example(factors))
-                }
-            },
-        };
-        let damping = match (strategy, damping) {
-            (Strategy::Identity, _) => 1.0,
-            (_, Damping::Absolute(l)) => l,
-            (_, Damping::RelativeToMean(f)) => {
-                f * lambda.iter().sum::<f64>() / lambda.len().max(1) as f64
-            }
-        };
-        if !damping.is_finite() || damping <= 0.0 {
-            return Err(EkfacError::Missing(format!(
-                "{}: damping must be positive and finite, got {damping}",
-                factors.name
-            )));
-        }
+        let lambda = eigenvalues(factors, strategy)?;
+        let damping = damping_from(&lambda, factors, strategy, damping)?;
         let q_a = mat_from_rows(&factors.eig_a.vectors, da, da);
         let q_s = mat_from_rows(&factors.eig_s.vectors, ds, ds);
         let lambda = mat_from_rows(&lambda, ds, da);

@@ -597,24 +597,7 @@ impl<B: Clone + Send + 'static> State<B> {
         subsample: Option<&(burn::tensor::Tensor<1, burn::tensor::Int>, usize)>,
     ) {
         let l = &mut self.layers[layer];
-        let [b, s, d_in] = a.dims();
-        let d_out = g.dims()[2];
-        let mut a = a.reshape([b * s, d_in]);
-        let mut g = g.reshape([b * s, d_out]);
-        let n = match subsample {
-            Some((idx, m)) => {
-                a = a.select(0, idx.clone());
-                g = g.select(0, idx.clone());
-                *m
-            }
-            None => b * s,
-        };
-        if l.spec.bias {
-            let ones = Tensor::<2>::ones([n, 1], &a.device());
-            a = Tensor::cat(vec![a, ones], 1);
-        }
-        let aa = a.clone().transpose().matmul(a);
-        let gg = g.clone().transpose().matmul(g);
+        let (aa, gg, n) = second_moments(a, g, subsample.map(|(i, m)| (i, *m)), l.spec.bias);
         l.a_sum = Some(match l.a_sum.take() {
             Some(t) => t + aa,
             None => aa,
@@ -655,19 +638,15 @@ impl<B: Clone + Send + 'static> State<B> {
             let (mut a_sum, mut g_sum, mut n): (Option<Tensor<2>>, Option<Tensor<2>>, usize) =
                 (None, None, 0);
             for (_, a, g) in captured.iter().filter(|c| c.0 == li) {
-                let [b, sl, d_in] = a.dims();
-                let d_out = g.dims()[2];
-                let mut a = a.clone().reshape([b * sl, d_in]).select(0, valid.clone());
-                let g = g.clone().reshape([b * sl, d_out]).select(0, valid.clone());
-                if spec.bias {
-                    let ones = Tensor::<2>::ones([segs.valid.len(), 1], device);
-                    a = Tensor::cat(vec![a, ones], 1);
-                }
-                let aa = a.clone().transpose().matmul(a);
-                let gg = g.clone().transpose().matmul(g);
+                let (aa, gg, m) = second_moments(
+                    a.clone(),
+                    g.clone(),
+                    Some((&valid, segs.valid.len())),
+                    spec.bias,
+                );
                 a_sum = Some(a_sum.map_or(aa.clone(), |t| t + aa));
                 g_sum = Some(g_sum.map_or(gg.clone(), |t| t + gg));
-                n += segs.valid.len();
+                n += m;
             }
             let (Some(a_sum), Some(g_sum)) = (a_sum, g_sum) else {
                 return Err(HookError::NoGradient(spec.name.clone()));
@@ -978,6 +957,36 @@ impl<B: Clone + Send + 'static> State<B> {
         }
         Ok(out)
     }
+}
+
+/// `Σ a aᵀ` and `Σ g gᵀ` of a layer's captured inputs `a` and output gradients `g`
+/// (`[batch, seq, d]`) over the token rows `rows` (`(indices, count)`; all when `None`), with a
+/// column of ones appended to `a` for the bias; and the number of rows summed.
+fn second_moments(
+    a: Tensor<3>,
+    g: Tensor<3>,
+    rows: Option<(&Tensor<1, Int>, usize)>,
+    bias: bool,
+) -> (Tensor<2>, Tensor<2>, usize) {
+    let [b, s, d_in] = a.dims();
+    let d_out = g.dims()[2];
+    let mut a = a.reshape([b * s, d_in]);
+    let mut g = g.reshape([b * s, d_out]);
+    let n = match rows {
+        Some((idx, m)) => {
+            a = a.select(0, idx.clone());
+            g = g.select(0, idx.clone());
+            m
+        }
+        None => b * s,
+    };
+    if bias {
+        let ones = Tensor::<2>::ones([n, 1], &a.device());
+        a = Tensor::cat(vec![a, ones], 1);
+    }
+    let aa = a.clone().transpose().matmul(a);
+    let gg = g.clone().transpose().matmul(g);
+    (aa, gg, n)
 }
 
 /// The eigenbasis projection the next window's sketches of `spec` use under
