@@ -572,6 +572,16 @@ fn eigenbasis_sketches_equal_ekfac_restricted_to_the_kept_coordinates() {
         });
     let eigen = sketch(&g.task, &g.ckpt, &dir.path().join("eigen"), eigen_hook);
     let s = scores(&g.task, &eigen, &g.queries, Strategy::Ekfac);
+    let unit = analyze(
+        &g.task,
+        &eigen,
+        &g.queries,
+        &ScoreConfig::default().normalize(true),
+        &cpu(),
+        &mut |_| {},
+    )
+    .expect("analyze normalised")
+    .scores;
 
     let device = cpu();
     let (model, probe) = load_window_model(&g.task, &exact, 0, &device).expect("model");
@@ -634,6 +644,40 @@ fn eigenbasis_sketches_equal_ekfac_restricted_to_the_kept_coordinates() {
         assert!(
             e < 1e-4,
             "query {qi}: eigenbasis vs restricted EK-FAC, max rel err {e:.2e}"
+        );
+        // Normalised rows: each document's score divided by its norm in the same metric,
+        // `‖K‖² = Σ_l Σ_c K_c² / (Λ_c + λ_l)` (one row per document post hoc).
+        let want_unit: Vec<f64> = want
+            .iter()
+            .enumerate()
+            .map(|(d, w)| {
+                let norm2: f64 = layers
+                    .iter()
+                    .enumerate()
+                    .map(|(l, (_, coords, lam, _, _))| {
+                        (0..9)
+                            .map(|c| coords[d][c].powi(2) / (lam[c] + prepared.damping[l]))
+                            .sum::<f64>()
+                    })
+                    .sum();
+                w / norm2.sqrt()
+            })
+            .collect();
+        let got_unit: Vec<f64> = docs
+            .iter()
+            .map(|(id, _)| {
+                let d = unit
+                    .docs
+                    .iter()
+                    .position(|x| x.id == *id)
+                    .expect("doc scored");
+                unit.score(d, qi)
+            })
+            .collect();
+        let e = max_rel(&got_unit, &want_unit);
+        assert!(
+            e < 1e-4,
+            "query {qi}: normalised eigenbasis scores vs cosine in the metric, max rel err {e:.2e}"
         );
     }
 }
