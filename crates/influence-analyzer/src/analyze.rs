@@ -6,8 +6,8 @@ use influence_store::Store;
 
 use crate::AnalyzerError;
 use crate::config::ScoreConfig;
-use crate::query::{PreparedQueries, load_window_model, prepare, query_gradients};
-use crate::scorer::{Scores, score_store};
+use crate::query::{PreparedQueries, load_window_model, prepare_with, query_gradients};
+use crate::scorer::{Scores, score_store, sketch_fisher};
 use crate::task::{Query, Task};
 
 /// Queries with their scores.
@@ -100,7 +100,20 @@ pub fn prepare_queries<T: Task>(
         let (model, probe) = load_window_model(task, store, w, device)?;
         let grads = query_gradients(task, &model, &probe, queries, config.query_batch, device)?;
         let factors = store.factors(w)?;
-        out.push(prepare(store.run(), &factors, &grads, config)?);
+        let random_layers = factors.layers.iter().any(|l| l.sketch_basis.is_none())
+            && store.run().projection != influence_core::ProjectionKind::Identity;
+        let fisher = if config.sketch_curvature && random_layers {
+            Some(sketch_fisher(store, w, config, device)?.0)
+        } else {
+            None
+        };
+        out.push(prepare_with(
+            store.run(),
+            &factors,
+            &grads,
+            config,
+            fisher.as_deref(),
+        )?);
         progress(Progress::Window {
             window: w,
             done: i + 1,

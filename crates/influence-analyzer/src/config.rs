@@ -28,6 +28,14 @@ pub struct ScoreConfig {
     /// for eigenbasis coordinates under EK-FAC, `Σ_c K_c²` under identity and for
     /// random-projection sketches (whose preconditioner lives in the full space).
     pub normalize: bool,
+    /// For windows sketched with random projections: fit the curvature *inside* the sketch
+    /// space (LoGra-style) — `F_s = mean over the window's stored rows of vec(K) vec(K)ᵀ` per
+    /// layer (`k_g·k_a` square, one extra pass over the window's shards), damped with
+    /// [`ScoreConfig::damping`] relative to its mean eigenvalue and inverted — instead of
+    /// preconditioning the query in the full space and projecting it. The query is projected
+    /// raw, then multiplied by `(F_s + λI)⁻¹`. Ignored for eigenbasis windows (their curvature
+    /// already lives on the kept coordinates); only with the `ekfac` strategy.
+    pub sketch_curvature: bool,
     /// Windows to score (default: every complete window).
     pub windows: Option<Vec<u32>>,
     /// Queries per forward/backward pass when computing query gradients.
@@ -46,6 +54,7 @@ impl Default for ScoreConfig {
             bottom_k: 20,
             lr_weighting: false,
             normalize: false,
+            sketch_curvature: false,
             windows: None,
             query_batch: 8,
             decode_threads: 0,
@@ -78,6 +87,12 @@ impl ScoreConfig {
         self
     }
 
+    /// Turns sketch-space curvature ([`ScoreConfig::sketch_curvature`]) on or off.
+    pub fn sketch_curvature(mut self, on: bool) -> Self {
+        self.sketch_curvature = on;
+        self
+    }
+
     /// Turns learning-rate weighting on or off.
     pub fn lr_weighting(mut self, on: bool) -> Self {
         self.lr_weighting = on;
@@ -95,6 +110,12 @@ impl ScoreConfig {
         }
         if self.rank == Some(0) {
             return bad("rank", "must be at least 1".into());
+        }
+        if self.sketch_curvature && (self.rank.is_some() || self.strategy != Strategy::Ekfac) {
+            return bad(
+                "sketch_curvature",
+                "fits its own curvature: use it with the ekfac strategy and without rank".into(),
+            );
         }
         if self.query_batch == 0 {
             return bad("query_batch", "must be at least 1".into());

@@ -6,7 +6,9 @@ use std::path::Path;
 
 use burn::tensor::Device;
 use influence_core::{LayerSpec, ProjectionKind, RunInfo, WindowRecord};
-use influence_ekfac::{Preconditioner, Strategy, SubspacePreconditioner, check_basis, low_rank};
+use influence_ekfac::{
+    Damping, Preconditioner, Strategy, SubspacePreconditioner, check_basis, low_rank,
+};
 use influence_hook::Probe;
 use influence_store::Store;
 
@@ -222,6 +224,20 @@ pub fn prepare(
     grads: &QueryGradients,
     config: &ScoreConfig,
 ) -> Result<PreparedQueries, AnalyzerError> {
+    prepare_with(run, factors, grads, config, None)
+}
+
+/// [`prepare`], with the window's sketch-space Fisher per layer ([`crate::scorer::sketch_fisher`])
+/// for [`ScoreConfig::sketch_curvature`]: random-projection layers then project the raw query
+/// gradient and multiply it by `(F_s + λI)⁻¹`, `λ` = the damping relative to `F_s`'s mean
+/// eigenvalue (or absolute).
+pub fn prepare_with(
+    run: &RunInfo,
+    factors: &WindowRecord,
+    grads: &QueryGradients,
+    config: &ScoreConfig,
+    sketch_fisher: Option<&[Vec<f64>]>,
+) -> Result<PreparedQueries, AnalyzerError> {
     let nq = grads.nats.len();
     let mut sketches = Vec::with_capacity(run.layers.len());
     let mut preconditioned = Vec::with_capacity(run.layers.len());
@@ -291,6 +307,20 @@ pub fn prepare(
         let (pa, pg) = run.projections(li).ok_or_else(|| {
             AnalyzerError::Mismatch(format!("layer {}: cannot rebuild projections", spec.name))
         })?;
+        // Sketch-space curvature (random-projection layers only): `(F_s + λI)⁻¹`, kk × kk.
+        let sketch_inverse = match (sketch_fisher, &sub) {
+            (Some(fs), None) if run.projection != ProjectionKind::Identity => {
+                let kk = spec.sketch_len();
+                let f = fs.get(li).filter(|f| f.len() == kk * kk).ok_or_else(|| {
+                    AnalyzerError::Mismatch(format!(
+                        "{}: the sketch Fisher does not have {kk}×{kk} values",
+                        window_layer()
+                    ))
+                })?;
+                Some(damped_inverse(f, kk, config.damping, &window_layer())?)
+            }
+            _ => None,
+        };
         let mut sk = Vec::with_capacity(nq * spec.sketch_len());
         let mut pc = Vec::with_capacity(nq * d_out * d_in);
         for q in 0..nq {
@@ -302,6 +332,15 @@ pub fn prepare(
             pc.extend(x.iter().map(|&v| v as f32));
             if let Some(sub) = &sub {
                 sk.extend(sub.apply(g, d_out, d_in)?.iter().map(|&v| v as f32));
+            } else if let Some((inv, kk)) = &sketch_inverse {
+                let raw = project(g, d_out, d_in, &pg.values, spec.k_g, &pa.values, spec.k_a);
+                sk.extend((0..*kk).map(|i| {
+                    inv[i * kk..(i + 1) * kk]
+                        .iter()
+                        .zip(&raw)
+                        .map(|(a, &b)| a * f64::from(b))
+                        .sum::<f64>() as f32
+                }));
             } else if run.projection == ProjectionKind::Identity {
                 sk.extend(x.iter().map(|&v| v as f32));
             } else {
@@ -321,6 +360,39 @@ pub fn prepare(
         damping,
         row_metric,
     })
+}
+
+/// `(F + λI)⁻¹` (row-major `n × n`) of a symmetric PSD `F`, `λ` from `damping` relative to the
+/// mean eigenvalue; with `n`.
+fn damped_inverse(
+    f: &[f64],
+    n: usize,
+    damping: Damping,
+    what: &str,
+) -> Result<(Vec<f64>, usize), AnalyzerError> {
+    let e = influence_ekfac::eigh_named(f, n, &format!("{what}: sketch Fisher"))?;
+    let values: Vec<f64> = e.values.iter().map(|v| v.max(0.0)).collect();
+    let lambda = match damping {
+        Damping::Absolute(l) => l,
+        Damping::RelativeToMean(r) => r * values.iter().sum::<f64>() / n.max(1) as f64,
+    };
+    if !(lambda.is_finite() && lambda > 0.0) {
+        return Err(AnalyzerError::argument(
+            "damping",
+            format!("{what}: the sketch Fisher's damping must be positive, got {lambda}"),
+        ));
+    }
+    let mut inv = vec![0.0; n * n];
+    for (k, v) in values.iter().enumerate() {
+        let w = 1.0 / (v + lambda);
+        for i in 0..n {
+            let vik = e.vectors[i * n + k] * w;
+            for j in 0..n {
+                inv[i * n + j] += vik * e.vectors[j * n + k];
+            }
+        }
+    }
+    Ok((inv, n))
 }
 
 /// `P_gᵀ X P_a` (`k_g × k_a`) of `X` (`d_out × d_in`), projections row-major `d × k`.

@@ -405,6 +405,75 @@ pub fn score_store(
     })
 }
 
+/// Per layer, the Fisher of the stored sketches of `window`: `mean over rows of vec(K) vec(K)ᵀ`
+/// (`k_g·k_a` square, row-major, f64), accumulated on `device` in one pass over the window's
+/// shards; and the number of rows.
+pub fn sketch_fisher(
+    store: &Store,
+    window: u32,
+    config: &ScoreConfig,
+    device: &Device,
+) -> Result<(Vec<Vec<f64>>, u64), AnalyzerError> {
+    let run = store.run();
+    let nl = run.layers.len();
+    let device = device.clone().inner();
+    let shards: Vec<&ShardEntry> = store
+        .manifest()
+        .shards
+        .iter()
+        .filter(|s| s.window == window)
+        .collect();
+    let all_layers: Vec<usize> = (0..nl).collect();
+    let mut sums: Vec<Option<Tensor<2>>> = vec![None; nl];
+    let mut rows = 0u64;
+    for_each_shard(
+        store,
+        &shards,
+        &all_layers,
+        config.decode_threads_or_default(),
+        |_, chunks| {
+            for mut chunk in chunks {
+                let n = chunk.len();
+                if n == 0 {
+                    continue;
+                }
+                for (l, spec) in run.layers.iter().enumerate() {
+                    let kk = spec.sketch_len();
+                    let values = std::mem::take(&mut chunk.sketches[l]);
+                    let k = Tensor::<2>::from_data(TensorData::new(values, [n, kk]), &device);
+                    let kt_k = k.clone().transpose().matmul(k);
+                    sums[l] = Some(match sums[l].take() {
+                        Some(t) => t + kt_k,
+                        None => kt_k,
+                    });
+                }
+                rows += n as u64;
+            }
+            Ok(())
+        },
+    )?;
+    if rows == 0 {
+        return Err(AnalyzerError::argument(
+            "sketch_curvature",
+            format!(
+                "window {window} of {} has no stored rows",
+                store.dir().display()
+            ),
+        ));
+    }
+    let mut out = Vec::with_capacity(nl);
+    for (l, sum) in sums.into_iter().enumerate() {
+        let sum = sum.ok_or_else(|| {
+            AnalyzerError::Mismatch(format!("window {window}: no rows of layer {l}"))
+        })?;
+        let v = sum
+            .try_into_vec_as::<f32>()
+            .map_err(|e| AnalyzerError::Device(format!("reading the sketch Fisher: {e:?}")))?;
+        out.push(v.iter().map(|&x| f64::from(x) / rows as f64).collect());
+    }
+    Ok((out, rows))
+}
+
 #[cfg(test)]
 mod tests {
     use super::top_k;

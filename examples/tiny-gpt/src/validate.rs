@@ -782,6 +782,20 @@ pub fn run_study(
             format!("training-time sketches ({label})"),
             methods.len() - 1,
         ));
+        if matches!(scheme, SketchScheme::Random) {
+            methods.push(MethodScores {
+                name: format!(
+                    "training-time sketches k={k0}, {label}, sketch-space curvature (LoGra)"
+                ),
+                scores: score_matrix(
+                    &task,
+                    &store,
+                    &queries,
+                    &ScoreConfig::default().sketch_curvature(true),
+                    &ids,
+                )?,
+            });
+        }
     }
     methods.push(MethodScores {
         name: format!("training-time sketches k={k0}, {default_label}, EK-FAC, normalised rows"),
@@ -874,22 +888,30 @@ pub fn run_study(
                     dtype,
                 )?;
                 let values: usize = store.run().layers.iter().map(|l| l.sketch_len()).sum();
-                let scores = score_matrix(&task, &store, &queries, &ekfac, &ids)?;
                 let layers = store.run().layers.len() as f64;
                 let m = store.manifest();
                 let window_bytes = m.windows.iter().map(|w| w.factors.bytes).sum::<u64>() as f64
                     / m.windows.len().max(1) as f64
                     / layers;
-                price_stores.push(PriceStore {
-                    scheme: scheme_label(scheme),
-                    k,
-                    k_g,
-                    dtype,
-                    values,
-                    stored: stored_bytes_per_doc(&store),
-                    window_bytes,
-                    scores,
-                });
+                let mut scorings = vec![(scheme_label(scheme), ekfac.clone())];
+                if matches!(scheme, SketchScheme::Random) {
+                    scorings.push((
+                        format!("{}, sketch-space curvature (LoGra)", scheme_label(scheme)),
+                        ScoreConfig::default().sketch_curvature(true),
+                    ));
+                }
+                for (label, scoring) in scorings {
+                    price_stores.push(PriceStore {
+                        scheme: label,
+                        k,
+                        k_g,
+                        dtype,
+                        values,
+                        stored: stored_bytes_per_doc(&store),
+                        window_bytes,
+                        scores: score_matrix(&task, &store, &queries, &scoring, &ids)?,
+                    });
+                }
                 // Remove the store: only its scores are needed, and the price curve's stores
                 // would fill the disk.
                 let _ = std::fs::remove_dir_all(out.join(&name));
