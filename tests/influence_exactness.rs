@@ -116,6 +116,15 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 }
 
 /// Largest |a − b| over the largest |b|.
+/// Query `qi`'s score of each document id, in the order given (each id must be scored).
+fn scores_by_id(s: &Scores, ids: impl Iterator<Item = u64>, qi: usize) -> Vec<f64> {
+    ids.map(|id| {
+        let d = s.docs.iter().position(|x| x.id == id).expect("doc scored");
+        s.score(d, qi)
+    })
+    .collect()
+}
+
 fn max_rel(a: &[f64], b: &[f64]) -> f64 {
     let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
     a.iter()
@@ -633,13 +642,7 @@ fn eigenbasis_sketches_equal_ekfac_restricted_to_the_kept_coordinates() {
                     .sum()
             })
             .collect();
-        let got: Vec<f64> = docs
-            .iter()
-            .map(|(id, _)| {
-                let d = s.docs.iter().position(|x| x.id == *id).expect("doc scored");
-                s.score(d, qi)
-            })
-            .collect();
+        let got = scores_by_id(&s, docs.iter().map(|(id, _)| *id), qi);
         let e = max_rel(&got, &want);
         assert!(
             e < 1e-4,
@@ -663,17 +666,7 @@ fn eigenbasis_sketches_equal_ekfac_restricted_to_the_kept_coordinates() {
                 w / norm2.sqrt()
             })
             .collect();
-        let got_unit: Vec<f64> = docs
-            .iter()
-            .map(|(id, _)| {
-                let d = unit
-                    .docs
-                    .iter()
-                    .position(|x| x.id == *id)
-                    .expect("doc scored");
-                unit.score(d, qi)
-            })
-            .collect();
+        let got_unit = scores_by_id(&unit, docs.iter().map(|(id, _)| *id), qi);
         let e = max_rel(&got_unit, &want_unit);
         assert!(
             e < 1e-4,
@@ -760,25 +753,13 @@ fn sketch_space_curvature_equals_the_dense_solve_in_the_sketch_space() {
                 want[d] += r[l].iter().zip(&x).map(|(a, b)| a * b).sum::<f64>();
             }
         }
-        let got: Vec<f64> = rows
-            .iter()
-            .map(|(id, _)| {
-                let d = s.docs.iter().position(|x| x.id == *id).expect("doc scored");
-                s.score(d, qi)
-            })
-            .collect();
+        let got = scores_by_id(&s, rows.iter().map(|(id, _)| *id), qi);
         let e = max_rel(&got, &want);
         assert!(
             e < 1e-4,
             "query {qi}: sketch-space curvature vs dense solve, max rel err {e:.2e}"
         );
-        let p: Vec<f64> = rows
-            .iter()
-            .map(|(id, _)| {
-                let d = plain.docs.iter().position(|x| x.id == *id).expect("doc");
-                plain.score(d, qi)
-            })
-            .collect();
+        let p = scores_by_id(&plain, rows.iter().map(|(id, _)| *id), qi);
         changed |= max_rel(&p, &want) > 1e-2;
     }
     assert!(
