@@ -264,43 +264,36 @@ pub fn score_store(
     // metric as a `[k_g·k_a, 1]` column when rows are normalised.
     let mut queries: HashMap<u32, Vec<Tensor<2>>> = HashMap::new();
     let mut metrics: HashMap<u32, Vec<Tensor<2>>> = HashMap::new();
+    // One layer's values as a `shape` tensor, after checking their count.
+    let upload = |values: Option<&Vec<f32>>, shape: [usize; 2], what: String| {
+        values
+            .filter(|v| v.len() == shape[0] * shape[1])
+            .map(|v| Tensor::<2>::from_data(TensorData::new(v.clone(), shape), &device))
+            .ok_or_else(|| {
+                AnalyzerError::Mismatch(format!(
+                    "{what} do not have {}×{} values",
+                    shape[0], shape[1]
+                ))
+            })
+    };
     for p in prepared {
         let mut per_layer = Vec::with_capacity(nl);
+        let mut m = Vec::with_capacity(nl);
         for (l, spec) in run.layers.iter().enumerate() {
             let kk = spec.sketch_len();
-            let values = p
-                .sketches
-                .get(l)
-                .filter(|s| s.len() == nq * kk)
-                .ok_or_else(|| {
-                    AnalyzerError::Mismatch(format!(
-                        "window {}: query sketches of layer {} do not have {nq}×{kk} values",
-                        p.window, spec.name
-                    ))
-                })?;
-            let t = Tensor::<2>::from_data(TensorData::new(values.clone(), [nq, kk]), &device);
+            let layer = |what: &str| format!("window {}: {what} of layer {}", p.window, spec.name);
+            let t = upload(p.sketches.get(l), [nq, kk], layer("query sketches"))?;
             per_layer.push(t.transpose());
+            if config.normalize {
+                m.push(upload(
+                    p.row_metric.get(l),
+                    [kk, 1],
+                    layer("the row metric"),
+                )?);
+            }
         }
         queries.insert(p.window, per_layer);
         if config.normalize {
-            let mut m = Vec::with_capacity(nl);
-            for (l, spec) in run.layers.iter().enumerate() {
-                let kk = spec.sketch_len();
-                let values = p
-                    .row_metric
-                    .get(l)
-                    .filter(|v| v.len() == kk)
-                    .ok_or_else(|| {
-                        AnalyzerError::Mismatch(format!(
-                            "window {}: the row metric of layer {} does not have {kk} values",
-                            p.window, spec.name
-                        ))
-                    })?;
-                m.push(Tensor::<2>::from_data(
-                    TensorData::new(values.clone(), [kk, 1]),
-                    &device,
-                ));
-            }
             metrics.insert(p.window, m);
         }
     }
