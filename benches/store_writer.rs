@@ -1,9 +1,9 @@
 //! The store's writer on real sketches (captured from the tiny-gpt example at its CPU preset
-//! shape: 16 layers × 16×16), and the training-step stall it causes.
+//! shape and default sketch size), and the training-step stall it causes.
 //!
 //! `cargo bench --profile dev -p influence-benches --bench store_writer`
 //!
-//! * `store_writer/{f32,f16,bf16}`: writing 2,048 captured rows (no row repeats, so that zstd
+//! * `store_writer/{f32,f16,bf16,i8}`: writing 2,048 captured rows (no row repeats, so that zstd
 //!   sees real data) through a `StoreWriter` (fsync on, the default) from `begin` to `finish`;
 //!   criterion reports rows/s; the bytes written, MB/s and the compression ratio are printed.
 //! * `train_step_store/{counting_sink,store_writer}`: one training step at the default hook
@@ -90,7 +90,12 @@ fn store_writer(c: &mut Criterion) {
     let mut group = c.benchmark_group("store_writer");
     group.sample_size(10);
     group.throughput(Throughput::Elements(ROWS as u64));
-    for dtype in [SketchDtype::F32, SketchDtype::F16, SketchDtype::Bf16] {
+    for dtype in [
+        SketchDtype::F32,
+        SketchDtype::F16,
+        SketchDtype::Bf16,
+        SketchDtype::I8,
+    ] {
         let store = config.store.clone().dtype(dtype);
         let (t, bytes, raw) = write(&run, &batches, &store);
         println!(

@@ -225,8 +225,8 @@ fn manifest_edits_are_rejected_with_the_field_named() {
         ),
         (
             "newer store",
-            |m| m["store_version"] = json!(3),
-            "store_version is 3, this reader supports 1 to 2",
+            |m| m["store_version"] = json!(4),
+            "store_version is 4, this reader supports 1 to 3",
         ),
         (
             // Version 1 knew only random projections; this store's sketches are eigenbasis ones.
@@ -270,7 +270,7 @@ fn manifest_edits_are_rejected_with_the_field_named() {
         (
             "shape",
             |m| m["run"]["layers"][0]["k_a"] = json!(8),
-            "run.layers[0].k_a`: the shard says 32, the manifest says 8",
+            "run.layers[0].k_a`: the shard says 33, the manifest says 8",
         ),
         (
             "dtype",

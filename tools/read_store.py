@@ -4,7 +4,7 @@
     python3 tools/read_store.py runs/tiny-gpt/store
 
 Checks every file's SHA-256 and row count against manifest.json, decodes every sketch column
-(f32, f16, or bf16 stored as uint16 bit patterns) and every factor file. The summary (rows, sums,
+(f32, f16, bf16 stored as uint16 bit patterns, or i8 codes times their row's scale) and every factor file. The summary (rows, sums,
 the first row's sketches, factor shapes) is what the Rust test `pyarrow_reads_the_store` compares
 with the Rust reader.
 """
@@ -24,17 +24,22 @@ def read_verified(store, entry):
     return data
 
 
-def sketch_values(column, dtype):
-    """A sketch column as a float32 array of shape (rows, k_g * k_a)."""
+def sketch_values(table, name, dtype):
+    """The sketches of layer `name` as a float32 array of shape (rows, k_g * k_a)."""
+    column = table.column(f"sketch.{name}")
     flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
     if dtype == "bf16":  # uint16 bit patterns: the high half of a float32
         flat = (flat.astype(np.uint32) << 16).view(np.float32)
-    return flat.astype(np.float32).reshape(len(column), -1)
+    values = flat.astype(np.float32).reshape(len(column), -1)
+    if dtype == "i8":  # codes times the row's scale (store version 3)
+        scale = table.column(f"scale.{name}").to_numpy().astype(np.float32)
+        values = values * scale[:, None]
+    return values
 
 
 def main(store):
     m = json.load(open(f"{store}/manifest.json"))
-    assert m["store_version"] in (1, 2), m["store_version"]
+    assert m["store_version"] in (1, 2, 3), m["store_version"]
     layers = [l["name"] for l in m["run"]["layers"]]
     out = {"rows": 0, "shards": 0, "doc_id_sum": 0, "step_sum": 0, "sources": {},
            "layer_sums": {name: 0.0 for name in layers}, "first_row": None, "factors": []}
@@ -52,7 +57,7 @@ def main(store):
         for src in table.column("source").to_pylist():
             out["sources"][src] = out["sources"].get(src, 0) + 1
         for name in layers:
-            values = sketch_values(table.column(f"sketch.{name}"), m["dtype"])
+            values = sketch_values(table, name, m["dtype"])
             out["layer_sums"][name] += float(values.astype(np.float64).sum())
             sq, n = squares.get((s["window"], name), (0.0, 0))
             squares[(s["window"], name)] = (sq + (values.astype(np.float64) ** 2).sum(axis=0),

@@ -187,8 +187,8 @@ pub struct SketchArgs {
     /// Batches re-run for the corrected eigenvalues (default: all, up to 256).
     #[arg(long)]
     pub fit_batches: Option<usize>,
-    /// Sketch dtype: f32, f16 or bf16.
-    #[arg(long, default_value = "f16")]
+    /// Sketch dtype: f32, f16, bf16 or i8 (per-row scale; the library default).
+    #[arg(long, default_value = "i8")]
     pub dtype: String,
     /// Sketch only the first N documents of the corpus.
     #[arg(long)]
@@ -510,7 +510,8 @@ fn sketch<T: Task>(task: &T, a: &SketchArgs) -> Result<()> {
         "f32" => SketchDtype::F32,
         "f16" => SketchDtype::F16,
         "bf16" => SketchDtype::Bf16,
-        other => bail!("--dtype {other:?}: expected f32, f16 or bf16"),
+        "i8" => SketchDtype::I8,
+        other => bail!("--dtype {other:?}: expected f32, f16, bf16 or i8"),
     };
     if a.out.join(influence_store::MANIFEST).exists() {
         if !a.overwrite {

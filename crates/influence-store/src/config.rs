@@ -12,13 +12,19 @@ use crate::StoreError;
 pub enum SketchDtype {
     /// IEEE single precision (4 bytes a value): exact copies of what the hook computed.
     F32,
-    /// IEEE half precision (2 bytes, 11-bit significand, max 65504): the default, as in Bergson.
-    /// Values beyond the range become ±inf and are counted in the manifest (`overflowed_values`).
-    #[default]
+    /// IEEE half precision (2 bytes, 11-bit significand, max 65504), as in Bergson. Values
+    /// beyond the range become ±inf and are counted in the manifest (`overflowed_values`).
     F16,
     /// bfloat16 (2 bytes, 8-bit significand, f32's range). Arrow has no bfloat16 type: stored as
     /// `uint16` bit patterns with field metadata `burn_influence.dtype = bf16`.
     Bf16,
+    /// Signed 8-bit integers with one f32 scale per row and layer (absmax quantisation:
+    /// `q = round(127 · v / max|v|)`, stored value `q · max|v| / 127`), 1 byte a value plus 4 a
+    /// row: twice the coordinates of f16 at the same bytes, with the same agreement with exact
+    /// influence (docs/accuracy.md (v)) — the default. A row holding a non-finite value decodes
+    /// as NaN throughout (counted in `overflowed_values`). Store version 3.
+    #[default]
+    I8,
 }
 
 impl SketchDtype {
@@ -27,6 +33,29 @@ impl SketchDtype {
         match self {
             Self::F32 => 4,
             Self::F16 | Self::Bf16 => 2,
+            Self::I8 => 1,
+        }
+    }
+
+    /// Bytes stored per row and layer besides the values (the scale of [`SketchDtype::I8`]).
+    pub fn row_overhead(self) -> usize {
+        match self {
+            Self::I8 => 4,
+            _ => 0,
+        }
+    }
+
+    /// Bytes of one row of `k` values of one layer before compression.
+    pub fn row_bytes(self, k: usize) -> usize {
+        k * self.bytes() + self.row_overhead()
+    }
+
+    /// The oldest store version that can hold sketches of this type: the writer records it, so
+    /// that a store is readable by every reader that knows its contents.
+    pub fn min_store_version(self) -> u32 {
+        match self {
+            Self::I8 => 3,
+            _ => 2,
         }
     }
 
@@ -36,6 +65,7 @@ impl SketchDtype {
             Self::F32 => "f32",
             Self::F16 => "f16",
             Self::Bf16 => "bf16",
+            Self::I8 => "i8",
         }
     }
 }
@@ -85,7 +115,7 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
-            dtype: SketchDtype::F16,
+            dtype: SketchDtype::I8,
             zstd_level: 1,
             batch_rows: 1024,
             shard_rows: 65_536,

@@ -98,6 +98,10 @@ fn list(rows: Vec<Option<&[f64]>>) -> Result<ArrayRef, arrow_schema::ArrowError>
     list_of::<Float64Type>(rows)
 }
 
+/// The store version that last changed the factor files' layout (the sketch-basis columns); factor
+/// files say it in their schema metadata.
+const FACTOR_LAYOUT_VERSION: u32 = 2;
+
 /// Encodes a window's factors as a record batch (with the window's metadata on the schema).
 pub fn encode(record: &WindowRecord) -> Result<RecordBatch, arrow_schema::ArrowError> {
     let meta = WindowMeta {
@@ -117,7 +121,7 @@ pub fn encode(record: &WindowRecord) -> Result<RecordBatch, arrow_schema::ArrowE
                 ),
                 (
                     crate::schema::META_STORE_VERSION.to_owned(),
-                    crate::STORE_VERSION.to_string(),
+                    FACTOR_LAYOUT_VERSION.to_string(),
                 ),
             ])),
     );

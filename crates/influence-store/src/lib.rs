@@ -41,7 +41,11 @@
 //! let store = Store::open(dir.path())?;
 //! let chunk = store.sketches(&ReadOptions::default())?.next().expect("one chunk")?;
 //! assert_eq!(chunk.doc_ids, [42]);
-//! assert_eq!(chunk.sketches[0], [0.5, -1.0, 0.25, 2.0]); // exact in f16
+//! // i8, the default: one scale per row and layer (max |v| / 127), each value within half a step.
+//! let step = 2.0 / 127.0;
+//! for (got, sent) in chunk.sketches[0].iter().zip([0.5, -1.0, 0.25, 2.0]) {
+//!     assert!((got - sent).abs() <= step / 2.0 + 1e-6, "{got} vs {sent}");
+//! }
 //! # Ok(())
 //! # }
 //! ```

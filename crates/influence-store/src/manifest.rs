@@ -12,8 +12,10 @@ use crate::{SketchDtype, StoreError};
 
 /// Version of the on-disk layout (manifest fields, schema, file names); bumped on any change a
 /// reader must know about. Version 2 added the sketch scheme to the run and the sketch-basis
-/// columns to factor files; version 1 stores are read (and scored) as before.
-pub const STORE_VERSION: u32 = 2;
+/// columns to factor files; version 1 stores are read (and scored) as before. Version 3 added the
+/// `i8` dtype (per-row scale columns); a store of another dtype is still written as version 2
+/// ([`SketchDtype::min_store_version`]), readable by version-2 readers.
+pub const STORE_VERSION: u32 = 3;
 
 /// The oldest store version this build reads.
 pub const MIN_STORE_VERSION: u32 = 1;
@@ -131,7 +133,7 @@ impl Manifest {
     /// A manifest for a new run.
     pub fn new(run: RunInfo, dtype: SketchDtype) -> Self {
         Self {
-            store_version: STORE_VERSION,
+            store_version: dtype.min_store_version(),
             created_by: concat!("influence-store ", env!("CARGO_PKG_VERSION")).into(),
             run,
             dtype,
@@ -228,6 +230,17 @@ impl Manifest {
             return Err(bad(
                 "run.sketch_scheme".into(),
                 "format version 1 has only random sketches".into(),
+            ));
+        }
+        if self.store_version < self.dtype.min_store_version() {
+            return Err(bad(
+                "dtype".into(),
+                format!(
+                    "{} needs store version {}, the manifest says {}",
+                    self.dtype.name(),
+                    self.dtype.min_store_version(),
+                    self.store_version
+                ),
             ));
         }
         if self.compression != "zstd" {

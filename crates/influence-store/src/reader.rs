@@ -8,7 +8,7 @@ use arrow_schema::SchemaRef;
 use influence_core::{RunInfo, WindowRecord};
 
 use crate::manifest::{FileEntry, MANIFEST, Manifest, ShardEntry, WindowEntry};
-use crate::schema::{self, META_COLUMNS, SketchChunk};
+use crate::schema::{self, SketchChunk};
 use crate::{StoreError, factors, ipc};
 
 /// Which part of the store to read.
@@ -294,9 +294,7 @@ pub fn decode_shard(
     layers: &[usize],
     path: &Path,
 ) -> Result<Vec<SketchChunk>, StoreError> {
-    let projection: Vec<usize> = (0..META_COLUMNS.len())
-        .chain(layers.iter().map(|&l| META_COLUMNS.len() + l))
-        .collect();
+    let projection = schema::projection(&manifest.run, manifest.dtype, layers);
     let expected = schema::sketch_schema(&manifest.run, manifest.dtype);
     let expected = expected
         .project(&projection)

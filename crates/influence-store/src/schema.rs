@@ -40,12 +40,50 @@ pub fn sketch_column(layer: &str) -> String {
     format!("sketch.{layer}")
 }
 
+/// Column name of a layer's per-row scales (dtype `i8` only; these columns follow the sketch
+/// columns, in layer order).
+pub fn scale_column(layer: &str) -> String {
+    format!("scale.{layer}")
+}
+
+/// Indices of the columns of a shard that hold what [`decode`] needs for `layers` (indices into
+/// `run.layers`): the metadata columns, the layers' sketch columns and, for `i8`, their scales.
+pub fn projection(run: &RunInfo, dtype: SketchDtype, layers: &[usize]) -> Vec<usize> {
+    let meta = META_COLUMNS.len();
+    let mut p: Vec<usize> = (0..meta).chain(layers.iter().map(|&l| meta + l)).collect();
+    if dtype.row_overhead() > 0 {
+        p.extend(layers.iter().map(|&l| meta + run.layers.len() + l));
+    }
+    p.sort_unstable();
+    p.dedup();
+    p
+}
+
+/// Absmax quantisation of one row to `i8`: pushes the codes and returns the scale (`NaN` when
+/// the row holds a non-finite value, so that the row decodes as NaN, never as numbers).
+fn quantize_row(row: &[f32], codes: &mut Vec<i8>) -> f32 {
+    if row.iter().any(|v| !v.is_finite()) {
+        codes.extend(std::iter::repeat_n(0, row.len()));
+        return f32::NAN;
+    }
+    let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let scale = max / 127.0;
+    let inv = if max > 0.0 { 127.0 / max } else { 0.0 };
+    // |v · inv| ≤ 127 up to rounding; the clamp makes the cast exact.
+    codes.extend(
+        row.iter()
+            .map(|&v| (v * inv).round().clamp(-127.0, 127.0) as i8),
+    );
+    scale
+}
+
 /// The value type of a sketch column's list items.
 fn item_type(dtype: SketchDtype) -> DataType {
     match dtype {
         SketchDtype::F32 => DataType::Float32,
         SketchDtype::F16 => DataType::Float16,
         SketchDtype::Bf16 => DataType::UInt16,
+        SketchDtype::I8 => DataType::Int8,
     }
 }
 
@@ -68,6 +106,7 @@ pub fn sketch_schema(run: &RunInfo, dtype: SketchDtype) -> SchemaRef {
             false,
         ),
     ];
+    let dtype_meta = || HashMap::from([(META_DTYPE.to_owned(), dtype.name().to_owned())]);
     for l in &run.layers {
         let k = i32::try_from(l.sketch_len()).unwrap_or(i32::MAX);
         fields.push(
@@ -82,11 +121,19 @@ pub fn sketch_schema(run: &RunInfo, dtype: SketchDtype) -> SchemaRef {
             ])),
         );
     }
+    if dtype.row_overhead() > 0 {
+        for l in &run.layers {
+            fields.push(
+                Field::new(scale_column(&l.name), DataType::Float32, false)
+                    .with_metadata(dtype_meta()),
+            );
+        }
+    }
     let run_json = serde_json::to_string(run).unwrap_or_default();
     Arc::new(Schema::new(fields).with_metadata(HashMap::from([
         (
             META_STORE_VERSION.to_owned(),
-            crate::STORE_VERSION.to_string(),
+            dtype.min_store_version().to_string(),
         ),
         (META_RUN.to_owned(), run_json),
         (META_DTYPE.to_owned(), dtype.name().to_owned()),
@@ -163,6 +210,7 @@ pub fn encode(
         Arc::new(sources.column(batches)?),
     ];
     let mut overflowed = 0u64;
+    let mut scales: Vec<ArrayRef> = Vec::new();
     for (i, l) in run.layers.iter().enumerate() {
         let k = l.sketch_len();
         let values = batches.iter().flat_map(|b| {
@@ -185,6 +233,22 @@ pub fn encode(
                 overflowed += u64::from(h.is_infinite() && v.is_finite());
                 h.to_bits()
             }))),
+            SketchDtype::I8 => {
+                let values: Vec<f32> = values.collect();
+                let mut codes = Vec::with_capacity(values.len());
+                let mut row_scales = Vec::with_capacity(values.len() / k.max(1));
+                for row in values.chunks(k.max(1)) {
+                    let s = quantize_row(row, &mut codes);
+                    overflowed += if s.is_nan() {
+                        row.iter().filter(|v| !v.is_finite()).count() as u64
+                    } else {
+                        0
+                    };
+                    row_scales.push(s);
+                }
+                scales.push(Arc::new(Float32Array::from(row_scales)));
+                Arc::new(arrow_array::Int8Array::from(codes))
+            }
         };
         let k = i32::try_from(k).map_err(|_| {
             arrow_schema::ArrowError::InvalidArgumentError(format!("{}: sketch too long", l.name))
@@ -196,6 +260,7 @@ pub fn encode(
             None,
         )?));
     }
+    columns.extend(scales);
     Ok((RecordBatch::try_new(schema.clone(), columns)?, overflowed))
 }
 
@@ -365,6 +430,27 @@ pub fn decode(
                     .ok_or_else(wrong)?;
                 let v = a.values().get(range).ok_or_else(short)?;
                 v.iter().map(|&b| bf16::from_bits(b).to_f32()).collect()
+            }
+            SketchDtype::I8 => {
+                let a = items
+                    .as_any()
+                    .downcast_ref::<arrow_array::Int8Array>()
+                    .ok_or_else(wrong)?;
+                let v = a.values().get(range).ok_or_else(short)?;
+                let scale_name = scale_column(&l.name);
+                let s = column::<Float32Array>(batch, &scale_name, path)?;
+                no_nulls(s, &scale_name, path)?;
+                if s.len() != list.len() {
+                    return Err(StoreError::invalid(
+                        path,
+                        &scale_name,
+                        format!("{} scales for {} rows", s.len(), list.len()),
+                    ));
+                }
+                v.chunks(k.max(1))
+                    .zip(s.values().iter())
+                    .flat_map(|(q, &s)| q.iter().map(move |&q| f32::from(q) * s))
+                    .collect()
             }
         };
         sketches.push(values);

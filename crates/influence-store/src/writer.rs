@@ -788,7 +788,7 @@ impl Worker {
         let per_row: usize = run
             .layers
             .iter()
-            .map(|l| l.sketch_len() * dtype.bytes())
+            .map(|l| dtype.row_bytes(l.sketch_len()))
             .sum();
         if let Some(s) = self.open.as_mut() {
             s.file.write(&batch)?;

@@ -183,10 +183,32 @@ fn read_all(store: &Store) -> BTreeMap<u64, Vec<Row>> {
 
 fn rounded(v: f32, dtype: SketchDtype) -> f32 {
     match dtype {
-        SketchDtype::F32 => v,
+        SketchDtype::F32 | SketchDtype::I8 => v,
         SketchDtype::F16 => f16::from_f32(v).to_f32(),
         SketchDtype::Bf16 => bf16::from_f32(v).to_f32(),
     }
+}
+
+/// Checks a stored row against the sent one: equal to the dtype's rounding, and for `i8` within
+/// half a quantisation step (`max|row| / 254`, plus f32 rounding of the product).
+fn assert_row(got: &[f32], sent: &[f32], dtype: SketchDtype, what: &str) {
+    let want: Vec<f32> = sent.iter().map(|&v| rounded(v, dtype)).collect();
+    if dtype != SketchDtype::I8 {
+        assert_eq!(got, want, "{what}");
+        return;
+    }
+    assert_eq!(got.len(), want.len(), "{what}");
+    let max = sent.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let step = max / 127.0;
+    for (g, w) in got.iter().zip(&want) {
+        assert!(
+            (g - w).abs() <= 0.5 * step * (1.0 + 1e-5) + 1e-30,
+            "{what}: {g} vs {w} (step {step})"
+        );
+    }
+    // The largest value is kept to f32 precision: it sets the scale.
+    let (gm, wm) = (got.iter().fold(0f32, |m, v| m.max(v.abs())), max);
+    assert!((gm - wm).abs() <= 1e-6 * wm, "{what}: max {gm} vs {wm}");
 }
 
 fn assert_matches(store: &Store, sent: &BTreeMap<u64, SketchBatch>, dtype: SketchDtype) {
@@ -207,11 +229,12 @@ fn assert_matches(store: &Store, sent: &BTreeMap<u64, SketchBatch>, dtype: Sketc
             assert_eq!(row.4, b.learning_rate);
             for (li, l) in store.run().layers.iter().enumerate() {
                 let k = l.sketch_len();
-                let want: Vec<f32> = b.sketches[li][r * k..(r + 1) * k]
-                    .iter()
-                    .map(|&v| rounded(v, dtype))
-                    .collect();
-                assert_eq!(row.5[li], want, "step {step} row {r} layer {}", l.name);
+                assert_row(
+                    &row.5[li],
+                    &b.sketches[li][r * k..(r + 1) * k],
+                    dtype,
+                    &format!("step {step} row {r} layer {}", l.name),
+                );
             }
         }
     }
@@ -227,7 +250,12 @@ fn small_shards(dtype: SketchDtype) -> StoreConfig {
 
 #[test]
 fn every_dtype_round_trips_with_factors_and_checkpoints() {
-    for dtype in [SketchDtype::F32, SketchDtype::F16, SketchDtype::Bf16] {
+    for dtype in [
+        SketchDtype::F32,
+        SketchDtype::F16,
+        SketchDtype::Bf16,
+        SketchDtype::I8,
+    ] {
         let dir = tempfile::tempdir().expect("tempdir");
         let run = run_info(10);
         let mut rng = StdRng::seed_from_u64(5);
@@ -247,6 +275,11 @@ fn every_dtype_round_trips_with_factors_and_checkpoints() {
         let m = store.manifest();
         assert!(m.finished);
         assert_eq!(m.dtype, dtype);
+        // Only i8 needs version 3: other stores stay readable by version-2 readers.
+        assert_eq!(
+            m.store_version,
+            if dtype == SketchDtype::I8 { 3 } else { 2 }
+        );
         let rows: u64 = sent.values().map(|b| b.rows.len() as u64).sum();
         assert_eq!(m.rows(), rows);
         assert_eq!(stats.snapshot().rows_written, rows);
@@ -302,8 +335,8 @@ fn f16_overflow_is_counted_not_hidden() {
     let mut b = batch(&run, 0, &mut rng);
     b.sketches[0][0] = 1e6;
     b.sketches[1][1] = -7e4;
-    let mut w =
-        StoreWriter::create(dir.path(), StoreConfig::default().fsync(false)).expect("create");
+    let config = StoreConfig::default().fsync(false).dtype(SketchDtype::F16);
+    let mut w = StoreWriter::create(dir.path(), config).expect("create");
     w.begin(&run).expect("begin");
     w.sketches(b).expect("sketches");
     w.finish().expect("finish");
@@ -317,6 +350,56 @@ fn f16_overflow_is_counted_not_hidden() {
         .expect("ok");
     assert_eq!(c.sketches[0][0], f32::INFINITY);
     assert_eq!(c.sketches[1][1], f32::NEG_INFINITY);
+}
+
+#[test]
+fn i8_rows_with_non_finite_values_decode_as_nan_and_are_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = run_info(10);
+    let mut rng = StdRng::seed_from_u64(1);
+    let mut b = batch(&run, 0, &mut rng);
+    let k0 = run.layers[0].sketch_len();
+    b.sketches[0][1] = f32::NAN;
+    b.sketches[0][2] = f32::INFINITY;
+    // A zero row: scale 0, decodes as zeros (not NaN).
+    let k1 = run.layers[1].sketch_len();
+    b.sketches[1][k1..2 * k1].fill(0.0);
+    let sent = b.clone();
+    let config = StoreConfig::default().fsync(false).dtype(SketchDtype::I8);
+    let mut w = StoreWriter::create(dir.path(), config).expect("create");
+    w.begin(&run).expect("begin");
+    w.sketches(b).expect("sketches");
+    w.finish().expect("finish");
+    let store = Store::open(dir.path()).expect("open");
+    assert_eq!(store.manifest().overflowed_values, 2);
+    let c = store
+        .sketches(&ReadOptions::default())
+        .expect("stream")
+        .next()
+        .expect("chunk")
+        .expect("ok");
+    assert!(c.sketches[0][..k0].iter().all(|v| v.is_nan()), "row 0");
+    assert_row(
+        &c.sketches[0][k0..2 * k0],
+        &sent.sketches[0][k0..2 * k0],
+        SketchDtype::I8,
+        "row 1",
+    );
+    assert!(c.sketches[1][k1..2 * k1].iter().all(|&v| v == 0.0));
+}
+
+#[test]
+fn an_i8_manifest_claiming_version_2_is_refused() {
+    let run = run_info(10);
+    let mut m = influence_store::Manifest::new(run, SketchDtype::I8);
+    m.store_version = 2;
+    let bytes = serde_json::to_vec(&m).expect("json");
+    let e = influence_store::Manifest::from_bytes(&bytes, std::path::Path::new("manifest.json"))
+        .expect_err("i8 needs version 3");
+    assert!(
+        e.to_string().contains("dtype") && e.to_string().contains("version 3"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -523,7 +606,12 @@ fn fuzz_regressions_are_errors() {
             last_step: u64::MAX,
             rows: 1,
         };
-        for dtype in [SketchDtype::F32, SketchDtype::F16, SketchDtype::Bf16] {
+        for dtype in [
+            SketchDtype::F32,
+            SketchDtype::F16,
+            SketchDtype::Bf16,
+            SketchDtype::I8,
+        ] {
             let m = influence_store::Manifest::new(run.clone(), dtype);
             let e = influence_store::decode_shard(bytes.clone(), &m, &shard, &[0, 1], &path)
                 .expect_err("a malformed shard");

@@ -563,6 +563,8 @@ struct PriceStore {
     k_g: usize,
     dtype: SketchDtype,
     values: usize,
+    /// Bytes a document before compression (values and, for i8, the per-row scales).
+    raw: usize,
     stored: f64,
     window_bytes: f64,
     scores: Vec<Vec<f64>>,
@@ -888,6 +890,12 @@ pub fn run_study(
                     dtype,
                 )?;
                 let values: usize = store.run().layers.iter().map(|l| l.sketch_len()).sum();
+                let raw: usize = store
+                    .run()
+                    .layers
+                    .iter()
+                    .map(|l| dtype.row_bytes(l.sketch_len()))
+                    .sum();
                 let layers = store.run().layers.len() as f64;
                 let m = store.manifest();
                 let window_bytes = m.windows.iter().map(|w| w.factors.bytes).sum::<u64>() as f64
@@ -907,6 +915,7 @@ pub fn run_study(
                         k_g,
                         dtype,
                         values,
+                        raw,
                         stored: stored_bytes_per_doc(&store),
                         window_bytes,
                         scores: score_matrix(&task, &store, &queries, &scoring, &ids)?,
@@ -935,7 +944,7 @@ pub fn run_study(
             k_g: p.k_g,
             dtype: p.dtype,
             values_per_doc: p.values,
-            bytes_per_doc: p.values * p.dtype.bytes(),
+            bytes_per_doc: p.raw,
             stored_bytes_per_doc: p.stored,
             pearson: pe / nq,
             spearman: sp / nq,
