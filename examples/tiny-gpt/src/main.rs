@@ -243,13 +243,16 @@ fn train_one(args: &Args, config: &TrainConfig, out: &std::path::Path) -> Result
         let m = store.manifest();
         let s = stats.snapshot();
         let rows = m.rows();
+        let layers = m.run.layers.len().max(1);
         let per_layer = m
             .run
             .layers
-            .first()
-            .map_or(0, |l| l.sketch_len() * m.dtype.bytes());
+            .iter()
+            .map(|l| m.dtype.row_bytes(l.sketch_len()))
+            .sum::<usize>()
+            / layers;
         println!(
-            "store: {} layers, {} sketch rows in {} shards, {} windows with checkpoints; {} B per document per layer ({}), {:.0} B per document per layer on disk (zstd); writer stalled the training loop {:.3} s",
+            "store: {} layers, {} sketch rows in {} shards, {} windows with checkpoints; {} B per document per layer ({}, mean over layers), {:.0} B per document per layer on disk (zstd); writer stalled the training loop {:.3} s",
             m.run.layers.len(),
             rows,
             m.shards.len(),

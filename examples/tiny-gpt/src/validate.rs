@@ -519,7 +519,8 @@ pub struct PriceRow {
     pub bytes_per_doc: usize,
     /// Bytes per document in the store's zstd shards.
     pub stored_bytes_per_doc: f64,
-    /// Pearson correlation with the exact-gradient EK-FAC scores, mean over queries.
+    /// Pearson correlation with the exact-gradient EK-FAC scores (normalised ones for a scheme
+    /// scored with normalised rows), mean over queries.
     pub pearson: f64,
     /// Spearman correlation, mean over queries.
     pub spearman: f64,
@@ -568,6 +569,8 @@ struct PriceStore {
     stored: f64,
     window_bytes: f64,
     scores: Vec<Vec<f64>>,
+    /// Scored with normalised rows: compared with the exact gradients' normalised scores.
+    normalised: bool,
 }
 
 fn evenly<T: Clone>(items: &[T], n: Option<usize>) -> Vec<T> {
@@ -907,8 +910,14 @@ pub fn run_study(
                         format!("{}, sketch-space curvature (LoGra)", scheme_label(scheme)),
                         ScoreConfig::default().sketch_curvature(true),
                     ));
+                } else {
+                    scorings.push((
+                        format!("{}, normalised rows", scheme_label(scheme)),
+                        ekfac.clone().normalize(true),
+                    ));
                 }
                 for (label, scoring) in scorings {
+                    let normalised = scoring.normalize;
                     price_stores.push(PriceStore {
                         scheme: label,
                         k,
@@ -919,6 +928,7 @@ pub fn run_study(
                         stored: stored_bytes_per_doc(&store),
                         window_bytes,
                         scores: score_matrix(&task, &store, &queries, &scoring, &ids)?,
+                        normalised,
                     });
                 }
                 // Remove the store: only its scores are needed, and the price curve's stores
@@ -928,10 +938,37 @@ pub fn run_study(
         }
     }
     log(format!("{} post-hoc sketch stores", price_stores.len()));
+    // Normalised rows change the quantity, not only its estimate: their sketches are compared
+    // with the exact gradients' normalised scores, and the change itself is logged.
+    let exact_normalised = if price_stores.iter().any(|p| p.normalised) {
+        let s = score_matrix(&task, &exact_store, &queries, &ekfac.clone().normalize(true), &ids)?;
+        let (mut pe, mut sp, mut o) = (0.0, 0.0, 0.0);
+        for (got, want) in s.iter().zip(&exact) {
+            pe += pearson(got, want)?;
+            sp += spearman(got, want)?;
+            o += top_k_overlap(got, want, config.overlap_k.min(n))?;
+        }
+        let nq = queries.len() as f64;
+        log(format!(
+            "exact gradients, EK-FAC, normalised rows vs plain: Pearson {:.3}, Spearman {:.3}, top-{} overlap {:.2}",
+            pe / nq,
+            sp / nq,
+            config.overlap_k.min(n),
+            o / nq
+        ));
+        s
+    } else {
+        Vec::new()
+    };
     let price_row = |p: &PriceStore, lds: f64| -> Result<PriceRow> {
         let (mut pe, mut sp, mut o) = (0.0, 0.0, 0.0);
         let overlap = config.overlap_k.min(n);
-        for (got, want) in p.scores.iter().zip(&exact) {
+        let reference = if p.normalised {
+            &exact_normalised
+        } else {
+            &exact
+        };
+        for (got, want) in p.scores.iter().zip(reference) {
             pe += pearson(got, want)?;
             sp += spearman(got, want)?;
             o += top_k_overlap(got, want, overlap)?;

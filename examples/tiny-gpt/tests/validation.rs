@@ -99,8 +99,9 @@ fn reduced_study_plans_retrains_from_cache_and_predicts_retraining() {
         top.summary.mean,
         random_removal.summary.mean
     );
-    // Random projections, the same scored with sketch-space curvature, the eigenbasis.
-    assert_eq!(report.price.len(), 3);
+    // Random projections, the same scored with sketch-space curvature, the eigenbasis, the same
+    // scored with normalised rows.
+    assert_eq!(report.price.len(), 4);
     let price = |scheme: &str| {
         report
             .price
