@@ -69,6 +69,9 @@ pub struct StudyConfig {
     pub dtypes: Vec<SketchDtype>,
     /// Documents removed per query in the removal experiment.
     pub removal_k: usize,
+    /// Also remove the top documents of the default store scored with normalised rows.
+    #[serde(default)]
+    pub removal_normalised: bool,
     /// Queries of the removal experiment (spread evenly over the study's queries).
     pub removal_queries: usize,
     /// Training seeds of the removal experiment.
@@ -125,6 +128,7 @@ impl StudyConfig {
             // f16 and bf16 gave the f32 figures to three decimals (2026-11-27): one value type.
             dtypes: vec![SketchDtype::F16],
             removal_k: 50,
+            removal_normalised: false,
             removal_queries: 12,
             removal_seeds: vec![1, 2, 3],
             overlap_k: 100,
@@ -155,7 +159,8 @@ impl StudyConfig {
             SketchScheme::Random,
             eigenbasis(CoordinateSelection::Eigenvalue),
         ];
-        c.dtypes = vec![SketchDtype::F16];
+        // The default value type (i8: the same agreement as f16 at half the bytes, (v)).
+        c.dtypes = vec![SketchDtype::I8];
         c.removal_k = 20;
         c.removal_queries = 2;
         c.removal_seeds = vec![1];
@@ -812,6 +817,12 @@ pub fn run_study(
             &ids,
         )?,
     });
+    if config.removal_normalised {
+        removal_methods.push((
+            format!("training-time sketches ({default_label}, normalised rows)"),
+            methods.len() - 1,
+        ));
+    }
     methods.push(MethodScores {
         name: format!("TracIn-style: training-time sketches k={k0}, identity, LR-weighted"),
         scores: score_matrix(
@@ -941,7 +952,13 @@ pub fn run_study(
     // Normalised rows change the quantity, not only its estimate: their sketches are compared
     // with the exact gradients' normalised scores, and the change itself is logged.
     let exact_normalised = if price_stores.iter().any(|p| p.normalised) {
-        let s = score_matrix(&task, &exact_store, &queries, &ekfac.clone().normalize(true), &ids)?;
+        let s = score_matrix(
+            &task,
+            &exact_store,
+            &queries,
+            &ekfac.clone().normalize(true),
+            &ids,
+        )?;
         let (mut pe, mut sp, mut o) = (0.0, 0.0, 0.0);
         for (got, want) in s.iter().zip(&exact) {
             pe += pearson(got, want)?;
