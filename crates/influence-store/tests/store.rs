@@ -327,6 +327,29 @@ fn every_dtype_round_trips_with_factors_and_checkpoints() {
     }
 }
 
+/// Writes `b` alone into a fresh store at `dtype`; returns the manifest's overflow count and the
+/// first chunk read back.
+fn write_one_batch(
+    dir: &std::path::Path,
+    run: &RunInfo,
+    b: SketchBatch,
+    dtype: SketchDtype,
+) -> (u64, influence_store::SketchChunk) {
+    let config = StoreConfig::default().fsync(false).dtype(dtype);
+    let mut w = StoreWriter::create(dir, config).expect("create");
+    w.begin(run).expect("begin");
+    w.sketches(b).expect("sketches");
+    w.finish().expect("finish");
+    let store = Store::open(dir).expect("open");
+    let c = store
+        .sketches(&ReadOptions::default())
+        .expect("stream")
+        .next()
+        .expect("chunk")
+        .expect("ok");
+    (store.manifest().overflowed_values, c)
+}
+
 #[test]
 fn f16_overflow_is_counted_not_hidden() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -335,19 +358,8 @@ fn f16_overflow_is_counted_not_hidden() {
     let mut b = batch(&run, 0, &mut rng);
     b.sketches[0][0] = 1e6;
     b.sketches[1][1] = -7e4;
-    let config = StoreConfig::default().fsync(false).dtype(SketchDtype::F16);
-    let mut w = StoreWriter::create(dir.path(), config).expect("create");
-    w.begin(&run).expect("begin");
-    w.sketches(b).expect("sketches");
-    w.finish().expect("finish");
-    let store = Store::open(dir.path()).expect("open");
-    assert_eq!(store.manifest().overflowed_values, 2);
-    let c = store
-        .sketches(&ReadOptions::default())
-        .expect("stream")
-        .next()
-        .expect("chunk")
-        .expect("ok");
+    let (overflowed, c) = write_one_batch(dir.path(), &run, b, SketchDtype::F16);
+    assert_eq!(overflowed, 2);
     assert_eq!(c.sketches[0][0], f32::INFINITY);
     assert_eq!(c.sketches[1][1], f32::NEG_INFINITY);
 }
@@ -365,19 +377,8 @@ fn i8_rows_with_non_finite_values_decode_as_nan_and_are_counted() {
     let k1 = run.layers[1].sketch_len();
     b.sketches[1][k1..2 * k1].fill(0.0);
     let sent = b.clone();
-    let config = StoreConfig::default().fsync(false).dtype(SketchDtype::I8);
-    let mut w = StoreWriter::create(dir.path(), config).expect("create");
-    w.begin(&run).expect("begin");
-    w.sketches(b).expect("sketches");
-    w.finish().expect("finish");
-    let store = Store::open(dir.path()).expect("open");
-    assert_eq!(store.manifest().overflowed_values, 2);
-    let c = store
-        .sketches(&ReadOptions::default())
-        .expect("stream")
-        .next()
-        .expect("chunk")
-        .expect("ok");
+    let (overflowed, c) = write_one_batch(dir.path(), &run, b, SketchDtype::I8);
+    assert_eq!(overflowed, 2);
     assert!(c.sketches[0][..k0].iter().all(|v| v.is_nan()), "row 0");
     assert_row(
         &c.sketches[0][k0..2 * k0],
