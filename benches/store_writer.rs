@@ -91,12 +91,7 @@ fn store_writer(c: &mut Criterion) {
     let mut group = c.benchmark_group("store_writer");
     group.sample_size(10);
     group.throughput(Throughput::Elements(ROWS as u64));
-    for dtype in [
-        SketchDtype::F32,
-        SketchDtype::F16,
-        SketchDtype::Bf16,
-        SketchDtype::I8,
-    ] {
+    for dtype in SketchDtype::ALL {
         let store = config.store.clone().dtype(dtype);
         let (t, bytes, raw) = write(&run, &batches, &store);
         println!(

@@ -28,6 +28,9 @@ pub enum SketchDtype {
 }
 
 impl SketchDtype {
+    /// Every value type, in declaration order.
+    pub const ALL: [Self; 4] = [Self::F32, Self::F16, Self::Bf16, Self::I8];
+
     /// Bytes per stored value.
     pub fn bytes(self) -> usize {
         match self {

@@ -59,12 +59,14 @@ pub fn projection(run: &RunInfo, dtype: SketchDtype, layers: &[usize]) -> Vec<us
     p
 }
 
-/// Absmax quantisation of one row to `i8`: pushes the codes and returns the scale (`NaN` when
-/// the row holds a non-finite value, so that the row decodes as NaN, never as numbers).
-fn quantize_row(row: &[f32], codes: &mut Vec<i8>) -> f32 {
-    if row.iter().any(|v| !v.is_finite()) {
+/// Absmax quantisation of one row to `i8`: pushes the codes and returns the scale and the row's
+/// non-finite values (with any, the scale is `NaN`, so that the row decodes as NaN, never as
+/// numbers).
+fn quantize_row(row: &[f32], codes: &mut Vec<i8>) -> (f32, u64) {
+    let non_finite = row.iter().filter(|v| !v.is_finite()).count() as u64;
+    if non_finite > 0 {
         codes.extend(std::iter::repeat_n(0, row.len()));
-        return f32::NAN;
+        return (f32::NAN, non_finite);
     }
     let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
     let scale = max / 127.0;
@@ -74,7 +76,7 @@ fn quantize_row(row: &[f32], codes: &mut Vec<i8>) -> f32 {
         row.iter()
             .map(|&v| (v * inv).round().clamp(-127.0, 127.0) as i8),
     );
-    scale
+    (scale, 0)
 }
 
 /// The value type of a sketch column's list items.
@@ -238,12 +240,8 @@ pub fn encode(
                 let mut codes = Vec::with_capacity(values.len());
                 let mut row_scales = Vec::with_capacity(values.len() / k.max(1));
                 for row in values.chunks(k.max(1)) {
-                    let s = quantize_row(row, &mut codes);
-                    overflowed += if s.is_nan() {
-                        row.iter().filter(|v| !v.is_finite()).count() as u64
-                    } else {
-                        0
-                    };
+                    let (s, non_finite) = quantize_row(row, &mut codes);
+                    overflowed += non_finite;
                     row_scales.push(s);
                 }
                 scales.push(Arc::new(Float32Array::from(row_scales)));

@@ -250,12 +250,7 @@ fn small_shards(dtype: SketchDtype) -> StoreConfig {
 
 #[test]
 fn every_dtype_round_trips_with_factors_and_checkpoints() {
-    for dtype in [
-        SketchDtype::F32,
-        SketchDtype::F16,
-        SketchDtype::Bf16,
-        SketchDtype::I8,
-    ] {
+    for dtype in SketchDtype::ALL {
         let dir = tempfile::tempdir().expect("tempdir");
         let run = run_info(10);
         let mut rng = StdRng::seed_from_u64(5);
@@ -607,12 +602,7 @@ fn fuzz_regressions_are_errors() {
             last_step: u64::MAX,
             rows: 1,
         };
-        for dtype in [
-            SketchDtype::F32,
-            SketchDtype::F16,
-            SketchDtype::Bf16,
-            SketchDtype::I8,
-        ] {
+        for dtype in SketchDtype::ALL {
             let m = influence_store::Manifest::new(run.clone(), dtype);
             let e = influence_store::decode_shard(bytes.clone(), &m, &shard, &[0, 1], &path)
                 .expect_err("a malformed shard");

@@ -578,6 +578,19 @@ struct PriceStore {
     normalised: bool,
 }
 
+/// Agreement of per-query `scores` with a per-query `reference`: mean over queries of the
+/// Pearson and Spearman correlations and of the top-`k` overlap.
+fn agreement(scores: &[Vec<f64>], reference: &[Vec<f64>], k: usize) -> Result<(f64, f64, f64)> {
+    let (mut pe, mut sp, mut o) = (0.0, 0.0, 0.0);
+    for (got, want) in scores.iter().zip(reference) {
+        pe += pearson(got, want)?;
+        sp += spearman(got, want)?;
+        o += top_k_overlap(got, want, k)?;
+    }
+    let nq = scores.len() as f64;
+    Ok((pe / nq, sp / nq, o / nq))
+}
+
 fn evenly<T: Clone>(items: &[T], n: Option<usize>) -> Vec<T> {
     match n {
         Some(n) if n < items.len() => (0..n).map(|i| items[i * items.len() / n].clone()).collect(),
@@ -959,38 +972,23 @@ pub fn run_study(
             &ekfac.clone().normalize(true),
             &ids,
         )?;
-        let (mut pe, mut sp, mut o) = (0.0, 0.0, 0.0);
-        for (got, want) in s.iter().zip(&exact) {
-            pe += pearson(got, want)?;
-            sp += spearman(got, want)?;
-            o += top_k_overlap(got, want, config.overlap_k.min(n))?;
-        }
-        let nq = queries.len() as f64;
+        let (pe, sp, o) = agreement(&s, &exact, config.overlap_k.min(n))?;
         log(format!(
-            "exact gradients, EK-FAC, normalised rows vs plain: Pearson {:.3}, Spearman {:.3}, top-{} overlap {:.2}",
-            pe / nq,
-            sp / nq,
+            "exact gradients, EK-FAC, normalised rows vs plain: Pearson {pe:.3}, Spearman {sp:.3}, top-{} overlap {o:.2}",
             config.overlap_k.min(n),
-            o / nq
         ));
         s
     } else {
         Vec::new()
     };
     let price_row = |p: &PriceStore, lds: f64| -> Result<PriceRow> {
-        let (mut pe, mut sp, mut o) = (0.0, 0.0, 0.0);
-        let overlap = config.overlap_k.min(n);
         let reference = if p.normalised {
             &exact_normalised
         } else {
             &exact
         };
-        for (got, want) in p.scores.iter().zip(reference) {
-            pe += pearson(got, want)?;
-            sp += spearman(got, want)?;
-            o += top_k_overlap(got, want, overlap)?;
-        }
-        let nq = queries.len() as f64;
+        let (pearson, spearman, top_overlap) =
+            agreement(&p.scores, reference, config.overlap_k.min(n))?;
         Ok(PriceRow {
             scheme: p.scheme.clone(),
             window_bytes_per_layer: p.window_bytes,
@@ -1000,9 +998,9 @@ pub fn run_study(
             values_per_doc: p.values,
             bytes_per_doc: p.raw,
             stored_bytes_per_doc: p.stored,
-            pearson: pe / nq,
-            spearman: sp / nq,
-            top_overlap: o / nq,
+            pearson,
+            spearman,
+            top_overlap,
             lds,
         })
     };
