@@ -55,8 +55,10 @@ fn exact_hook() -> HookConfig {
         .fit_batches(10_000)
 }
 
+/// Plain scores (`normalize(false)`: the inner product the references compute; the default
+/// normalises rows).
 fn scores<T: Task>(task: &T, store: &Store, queries: &[Query], strategy: Strategy) -> Scores {
-    let config = ScoreConfig::default().strategy(strategy);
+    let config = ScoreConfig::default().strategy(strategy).normalize(false);
     analyze(task, store, queries, &config, &cpu(), &mut |_| {})
         .expect("analyze")
         .scores
@@ -585,7 +587,7 @@ fn eigenbasis_sketches_equal_ekfac_restricted_to_the_kept_coordinates() {
         &g.task,
         &eigen,
         &g.queries,
-        &ScoreConfig::default().normalize(true),
+        &ScoreConfig::default(),
         &cpu(),
         &mut |_| {},
     )
@@ -691,7 +693,9 @@ fn sketch_space_curvature_equals_the_dense_solve_in_the_sketch_space() {
         .k_g(2)
         .sketch_scheme(SketchScheme::Random);
     let store = sketch(&g.task, &g.ckpt, &dir.path().join("random"), hook);
-    let config = ScoreConfig::default().sketch_curvature(true);
+    let config = ScoreConfig::default()
+        .sketch_curvature(true)
+        .normalize(false);
     let s = analyze(&g.task, &store, &g.queries, &config, &cpu(), &mut |_| {})
         .expect("analyze")
         .scores;

@@ -218,11 +218,11 @@ fn scorer_equals_brute_force_on_every_window_and_layer() {
         );
         check(&s, &reference(&batches, &prepared, lr, normalize));
     }
-    // Normalising changes the scores (the test would pass vacuously otherwise).
+    // Normalising (the default) changes the scores (the test would pass vacuously otherwise).
     let plain = score_store(
         &store,
         &prepared,
-        &ScoreConfig::default(),
+        &ScoreConfig::default().normalize(false),
         &device,
         &mut |_| {},
     )
@@ -230,7 +230,7 @@ fn scorer_equals_brute_force_on_every_window_and_layer() {
     let unit = score_store(
         &store,
         &prepared,
-        &ScoreConfig::default().normalize(true),
+        &ScoreConfig::default(),
         &device,
         &mut |_| {},
     )
@@ -278,13 +278,20 @@ fn wgpu_scores_equal_cpu_scores() {
     let dir = tempfile::tempdir().expect("tmp");
     let (store, batches) = store(dir.path());
     let prepared = prepared();
-    let config = ScoreConfig::default();
     let gpu = burn::tensor::Device::wgpu(burn::tensor::DeviceKind::Cpu);
-    let s = score_store(&store, &prepared, &config, &gpu, &mut |_| {}).expect("wgpu score");
-    check(&s, &reference(&batches, &prepared, false, false));
-    let cpu = score_store(&store, &prepared, &config, &Device::flex(), &mut |_| {}).expect("cpu");
-    let scale = cpu.totals.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    for (a, b) in s.totals.iter().zip(&cpu.totals) {
-        assert!((a - b).abs() < 1e-5 * scale, "wgpu {a} vs cpu {b}");
+    // The default (normalised rows) and the plain inner product.
+    for normalize in [true, false] {
+        let config = ScoreConfig::default().normalize(normalize);
+        let s = score_store(&store, &prepared, &config, &gpu, &mut |_| {}).expect("wgpu score");
+        check(&s, &reference(&batches, &prepared, false, normalize));
+        let cpu =
+            score_store(&store, &prepared, &config, &Device::flex(), &mut |_| {}).expect("cpu");
+        let scale = cpu.totals.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        for (a, b) in s.totals.iter().zip(&cpu.totals) {
+            assert!(
+                (a - b).abs() < 1e-5 * scale,
+                "wgpu {a} vs cpu {b} (normalize {normalize})"
+            );
+        }
     }
 }

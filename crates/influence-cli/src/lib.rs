@@ -137,9 +137,11 @@ pub struct ScoringArgs {
     /// Weight each row by its step's learning rate (TracIn-style).
     #[arg(long)]
     pub lr_weighting: bool,
-    /// Unit-normalise each stored row in the scoring metric (cosine scores, TrackStar-style).
-    #[arg(long)]
-    pub normalize: bool,
+    /// Unit-normalise each stored row in the scoring metric (cosine scores, TrackStar-style;
+    /// the default). `--normalize false` scores the plain inner product.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true",
+          action = clap::ArgAction::Set)]
+    pub normalize: Option<bool>,
     /// Windows to score (comma-separated; default all complete windows).
     #[arg(long, value_delimiter = ',')]
     pub windows: Option<Vec<u32>>,
@@ -341,8 +343,8 @@ pub(crate) fn score_config(a: &ScoringArgs) -> Result<ScoreConfig> {
     if a.lr_weighting {
         c.lr_weighting = true;
     }
-    if a.normalize {
-        c.normalize = true;
+    if let Some(on) = a.normalize {
+        c.normalize = on;
     }
     if a.windows.is_some() {
         c.windows = a.windows.clone();
@@ -650,4 +652,39 @@ fn inspect(a: &InspectArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scoring(flags: &[&str]) -> ScoreConfig {
+        let argv = ["influence", "query", "--store", "s", "--queries", "q.jsonl"];
+        let cli = Cli::try_parse_from(argv.iter().chain(flags)).expect("parses");
+        match cli.command {
+            Command::Query(a) => score_config(&a.scoring).expect("valid"),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn normalize_is_the_default_and_can_be_turned_off() {
+        assert!(scoring(&[]).normalize);
+        assert!(scoring(&["--normalize"]).normalize);
+        assert!(scoring(&["--normalize", "true"]).normalize);
+        assert!(!scoring(&["--normalize", "false"]).normalize);
+        assert!(!scoring(&["--normalize=false", "--strategy", "identity"]).normalize);
+        let argv = [
+            "influence",
+            "query",
+            "--store",
+            "s",
+            "--queries",
+            "q",
+            "--normalize",
+            "no",
+        ];
+        let e = Cli::try_parse_from(argv).expect_err("not a bool");
+        assert!(e.to_string().contains("--normalize"), "{e}");
+    }
 }

@@ -325,8 +325,14 @@ fn run_name(store_dir: &Path) -> String {
 fn notes(a: &ReportArgs, config: &ScoreConfig) -> Vec<String> {
     vec![
         format!(
-            "Influence of a training document on a completion: EK-FAC-preconditioned query gradient against the document's gradient sketch, summed over the windows of the run ({:?}, damping {:?}). Positive: training on the document made the completion more likely.",
-            config.strategy, config.damping
+            "Influence of a training document on a completion: EK-FAC-preconditioned query gradient against the document's gradient sketch{}, summed over the windows of the run ({:?}, damping {:?}). Positive: training on the document made the completion more likely.",
+            if config.normalize {
+                ", each stored row unit-normalised in the preconditioned metric (a cosine, TrackStar-style, so that a few long, high-gradient-norm documents do not top every query)"
+            } else {
+                " (plain inner product, rows not normalised)"
+            },
+            config.strategy,
+            config.damping
         ),
         format!(
             "Each query is answered greedily by the model (at most {} tokens) and graded against its answer; where the model is wrong, the reference completion is scored as well (marked ref). Answer search looks in each completion's top {} documents for the answer (factual) or every intermediate result (reasoning), as Ruis et al. (2024) do with N = 500.",

@@ -263,28 +263,27 @@ pub struct Method {
     pub config: ScoreConfig,
 }
 
-/// The influence methods [`trace_facts`] compares by default: EK-FAC and identity, each plain
-/// and with rows normalised ([`ScoreConfig::normalize`]).
+/// The influence methods [`trace_facts`] compares by default: EK-FAC and identity, each with
+/// rows normalised ([`ScoreConfig::normalize`], the scoring default) and plain.
 pub fn default_methods() -> Vec<Method> {
     let m = |name: &str, config: ScoreConfig| Method {
         name: name.into(),
         config,
     };
+    let plain = ScoreConfig::default().normalize(false);
     vec![
-        m("influence, EK-FAC (default)", ScoreConfig::default()),
         m(
-            "influence, EK-FAC, normalised rows",
-            ScoreConfig::default().normalize(true),
+            "influence, EK-FAC, normalised rows (default)",
+            ScoreConfig::default(),
         ),
+        m("influence, EK-FAC, plain", plain.clone()),
         m(
-            "influence, identity (gradient dot product)",
+            "influence, identity, normalised rows (cosine)",
             ScoreConfig::default().strategy(Strategy::Identity),
         ),
         m(
-            "influence, identity, normalised rows (cosine)",
-            ScoreConfig::default()
-                .strategy(Strategy::Identity)
-                .normalize(true),
+            "influence, identity, plain (gradient dot product)",
+            plain.strategy(Strategy::Identity),
         ),
     ]
 }

@@ -69,7 +69,8 @@ pub struct StudyConfig {
     pub dtypes: Vec<SketchDtype>,
     /// Documents removed per query in the removal experiment.
     pub removal_k: usize,
-    /// Also remove the top documents of the default store scored with normalised rows.
+    /// Also remove the top documents of the default store scored with normalised rows (the
+    /// scoring default; the other removal rows score plain inner products).
     #[serde(default)]
     pub removal_normalised: bool,
     /// Queries of the removal experiment (spread evenly over the study's queries).
@@ -162,6 +163,8 @@ impl StudyConfig {
         // The default value type (i8: the same agreement as f16 at half the bytes, (v)).
         c.dtypes = vec![SketchDtype::I8];
         c.removal_k = 20;
+        // The scoring default (normalised rows) is removed as well as the plain scores.
+        c.removal_normalised = true;
         c.removal_queries = 2;
         c.removal_seeds = vec![1];
         c.overlap_k = 20;
@@ -774,17 +777,17 @@ pub fn run_study(
     let ckpt = ckpt.with_extension("bpk");
     log(format!("trained with the hook: final loss {final_loss:.3}"));
     let k0 = config.train.hook.k_a;
-    let ekfac = ScoreConfig::default();
+    // Plain inner products (rows not normalised) for every method but the scoring default's
+    // own row: the exact reference and the schemes are compared on the plain quantity.
+    let ekfac = ScoreConfig::default().normalize(false);
     let default_label = scheme_label(&config.train.hook.sketch_scheme);
     let mut methods = vec![MethodScores {
-        name: format!("training-time sketches k={k0}, {default_label}, EK-FAC (default)"),
+        name: format!("training-time sketches k={k0}, {default_label}, EK-FAC"),
         scores: score_matrix(&task, &default_store, &queries, &ekfac, &ids)?,
     }];
-    // Removal conditions: the default, then each other training-time scheme (method indices).
-    let mut removal_methods = vec![(
-        format!("training-time sketches ({default_label}, default)"),
-        0usize,
-    )];
+    // Removal conditions: the store's own scheme, then each other training-time scheme
+    // (method indices).
+    let mut removal_methods = vec![(format!("training-time sketches ({default_label})"), 0usize)];
     for scheme in &config.train_schemes {
         let label = scheme_label(scheme);
         let dir = out.join(format!(
@@ -814,25 +817,27 @@ pub fn run_study(
                     &task,
                     &store,
                     &queries,
-                    &ScoreConfig::default().sketch_curvature(true),
+                    &ekfac.clone().sketch_curvature(true),
                     &ids,
                 )?,
             });
         }
     }
     methods.push(MethodScores {
-        name: format!("training-time sketches k={k0}, {default_label}, EK-FAC, normalised rows"),
+        name: format!(
+            "training-time sketches k={k0}, {default_label}, EK-FAC, normalised rows (default)"
+        ),
         scores: score_matrix(
             &task,
             &default_store,
             &queries,
-            &ScoreConfig::default().normalize(true),
+            &ScoreConfig::default(),
             &ids,
         )?,
     });
     if config.removal_normalised {
         removal_methods.push((
-            format!("training-time sketches ({default_label}, normalised rows)"),
+            format!("training-time sketches ({default_label}, normalised rows, default)"),
             methods.len() - 1,
         ));
     }
@@ -842,7 +847,8 @@ pub fn run_study(
             &task,
             &default_store,
             &queries,
-            &ScoreConfig::default()
+            &ekfac
+                .clone()
                 .strategy(Strategy::Identity)
                 .lr_weighting(true),
             &ids,
@@ -883,7 +889,7 @@ pub fn run_study(
                 &task,
                 &exact_store,
                 &queries,
-                &ScoreConfig::default().strategy(strategy),
+                &ekfac.clone().strategy(strategy),
                 &ids,
             )?,
         });
@@ -932,7 +938,7 @@ pub fn run_study(
                 if matches!(scheme, SketchScheme::Random) {
                     scorings.push((
                         format!("{}, sketch-space curvature (LoGra)", scheme_label(scheme)),
-                        ScoreConfig::default().sketch_curvature(true),
+                        ekfac.clone().sketch_curvature(true),
                     ));
                 } else {
                     scorings.push((
