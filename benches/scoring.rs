@@ -141,6 +141,12 @@ fn bench(c: &mut Criterion) {
     g.bench_function("score_8_queries", |b| {
         b.iter(|| score_store(&big, &q, &score_config, &device, &mut |_| {}).expect("score"))
     });
+    // The default normalises rows (one more weighted sum of squares per row and layer); the
+    // plain inner product for comparison.
+    let plain = score_config.clone().normalize(false);
+    g.bench_function("score_8_queries_plain", |b| {
+        b.iter(|| score_store(&big, &q, &plain, &device, &mut |_| {}).expect("score"))
+    });
     g.finish();
 }
 
