@@ -1,18 +1,21 @@
-//! The analyzer's scorer on a store of real sketches (the tiny-gpt example's CPU preset shape: 16
-//! layers × 16×16, f16, zstd), against the raw decode rate of the same shards, and the whole
-//! query path against re-sketching the corpus (what tools that recompute training gradients per
-//! query pay).
+//! The analyzer's scorer on a store of real sketches (the tiny-gpt example's CPU preset model at
+//! the default hook and store: 16 layers × 40×30 eigenbasis coordinates, int8, zstd), against
+//! the raw decode rate of the same shards, and the whole query path against re-sketching the
+//! corpus (what tools that recompute training gradients per query pay).
 //!
 //! `cargo bench --profile dev -p influence-benches --bench scoring`
 //!
 //! * `scoring/decode_only`: read, verify and decode every shard with the scorer's parallel
 //!   pipeline, doing nothing with the rows (the raw decompression rate; also printed for one
 //!   thread);
-//! * `scoring/score_8_queries`: the same pass scoring every row against 8 queries (one matmul
-//!   per layer on the CPU device, accumulation per document, top-k).
+//! * `scoring/score_queries`: the same pass scoring every row against the bundled queries
+//!   (`examples/tiny-gpt/queries.jsonl`; one matmul per layer on the CPU device, accumulation
+//!   per document, top-k) with the default [`ScoreConfig`] (rows normalised);
+//! * `scoring/score_queries_plain`: the same without row normalisation.
 //!   Throughput in rows/s (criterion) and MB/s of shards (printed).
-//! * Printed once: re-sketching the corpus (all 3,100 documents) with the post-hoc path at the checkpoint vs answering
-//!   the same 8 queries from the stored sketches (query gradients + scoring).
+//! * Printed once: re-sketching the corpus (all 3,100 documents) with the post-hoc path at the
+//!   checkpoint vs answering the same queries from the stored sketches (query gradients +
+//!   scoring).
 
 // criterion's macros generate undocumented public functions.
 #![allow(missing_docs)]
@@ -138,13 +141,13 @@ fn bench(c: &mut Criterion) {
     g.bench_function("decode_only", |b| {
         b.iter(|| for_each_shard(&big, &shards, &layers, threads, |_, _| Ok(())).expect("decode"))
     });
-    g.bench_function("score_8_queries", |b| {
+    g.bench_function("score_queries", |b| {
         b.iter(|| score_store(&big, &q, &score_config, &device, &mut |_| {}).expect("score"))
     });
     // The default normalises rows (one more weighted sum of squares per row and layer); the
     // plain inner product for comparison.
     let plain = score_config.clone().normalize(false);
-    g.bench_function("score_8_queries_plain", |b| {
+    g.bench_function("score_queries_plain", |b| {
         b.iter(|| score_store(&big, &q, &plain, &device, &mut |_| {}).expect("score"))
     });
     g.finish();
