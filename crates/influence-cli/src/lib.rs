@@ -658,9 +658,10 @@ fn inspect(a: &InspectArgs) -> Result<()> {
 mod tests {
     use super::*;
 
+    const QUERY: [&str; 6] = ["influence", "query", "--store", "s", "--queries", "q.jsonl"];
+
     fn scoring(flags: &[&str]) -> ScoreConfig {
-        let argv = ["influence", "query", "--store", "s", "--queries", "q.jsonl"];
-        let cli = Cli::try_parse_from(argv.iter().chain(flags)).expect("parses");
+        let cli = Cli::try_parse_from(QUERY.iter().chain(flags)).expect("parses");
         match cli.command {
             Command::Query(a) => score_config(&a.scoring).expect("valid"),
             other => panic!("parsed as {other:?}"),
@@ -674,17 +675,8 @@ mod tests {
         assert!(scoring(&["--normalize", "true"]).normalize);
         assert!(!scoring(&["--normalize", "false"]).normalize);
         assert!(!scoring(&["--normalize=false", "--strategy", "identity"]).normalize);
-        let argv = [
-            "influence",
-            "query",
-            "--store",
-            "s",
-            "--queries",
-            "q",
-            "--normalize",
-            "no",
-        ];
-        let e = Cli::try_parse_from(argv).expect_err("not a bool");
+        let e = Cli::try_parse_from(QUERY.iter().chain(&["--normalize", "no"]))
+            .expect_err("not a bool");
         assert!(e.to_string().contains("--normalize"), "{e}");
     }
 }

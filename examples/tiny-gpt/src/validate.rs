@@ -779,11 +779,11 @@ pub fn run_study(
     let k0 = config.train.hook.k_a;
     // Plain inner products (rows not normalised) for every method but the scoring default's
     // own row: the exact reference and the schemes are compared on the plain quantity.
-    let ekfac = ScoreConfig::default().normalize(false);
+    let plain = ScoreConfig::default().normalize(false);
     let default_label = scheme_label(&config.train.hook.sketch_scheme);
     let mut methods = vec![MethodScores {
         name: format!("training-time sketches k={k0}, {default_label}, EK-FAC"),
-        scores: score_matrix(&task, &default_store, &queries, &ekfac, &ids)?,
+        scores: score_matrix(&task, &default_store, &queries, &plain, &ids)?,
     }];
     // Removal conditions: the store's own scheme, then each other training-time scheme
     // (method indices).
@@ -802,7 +802,7 @@ pub fn run_study(
         )?;
         methods.push(MethodScores {
             name: format!("training-time sketches k={k0}, {label}, EK-FAC"),
-            scores: score_matrix(&task, &store, &queries, &ekfac, &ids)?,
+            scores: score_matrix(&task, &store, &queries, &plain, &ids)?,
         });
         removal_methods.push((
             format!("training-time sketches ({label})"),
@@ -817,7 +817,7 @@ pub fn run_study(
                     &task,
                     &store,
                     &queries,
-                    &ekfac.clone().sketch_curvature(true),
+                    &plain.clone().sketch_curvature(true),
                     &ids,
                 )?,
             });
@@ -847,7 +847,7 @@ pub fn run_study(
             &task,
             &default_store,
             &queries,
-            &ekfac
+            &plain
                 .clone()
                 .strategy(Strategy::Identity)
                 .lr_weighting(true),
@@ -863,7 +863,7 @@ pub fn run_study(
         )?;
         methods.push(MethodScores {
             name: format!("training-time sketches k={k}, EK-FAC"),
-            scores: score_matrix(&task, &store, &queries, &ekfac, &ids)?,
+            scores: score_matrix(&task, &store, &queries, &plain, &ids)?,
         });
     }
 
@@ -881,7 +881,7 @@ pub fn run_study(
         fit.clone().projection(ProjectionKind::Identity),
         SketchDtype::F32,
     )?;
-    let exact = score_matrix(&task, &exact_store, &queries, &ekfac, &ids)?;
+    let exact = score_matrix(&task, &exact_store, &queries, &plain, &ids)?;
     for (name, strategy) in [("KFAC", Strategy::Kfac), ("identity", Strategy::Identity)] {
         methods.push(MethodScores {
             name: format!("exact gradients, final checkpoint, {name}"),
@@ -889,7 +889,7 @@ pub fn run_study(
                 &task,
                 &exact_store,
                 &queries,
-                &ekfac.clone().strategy(strategy),
+                &plain.clone().strategy(strategy),
                 &ids,
             )?,
         });
@@ -934,16 +934,16 @@ pub fn run_study(
                 let window_bytes = m.windows.iter().map(|w| w.factors.bytes).sum::<u64>() as f64
                     / m.windows.len().max(1) as f64
                     / layers;
-                let mut scorings = vec![(scheme_label(scheme), ekfac.clone())];
+                let mut scorings = vec![(scheme_label(scheme), plain.clone())];
                 if matches!(scheme, SketchScheme::Random) {
                     scorings.push((
                         format!("{}, sketch-space curvature (LoGra)", scheme_label(scheme)),
-                        ekfac.clone().sketch_curvature(true),
+                        plain.clone().sketch_curvature(true),
                     ));
                 } else {
                     scorings.push((
                         format!("{}, normalised rows", scheme_label(scheme)),
-                        ekfac.clone().normalize(true),
+                        plain.clone().normalize(true),
                     ));
                 }
                 for (label, scoring) in scorings {
@@ -975,7 +975,7 @@ pub fn run_study(
             &task,
             &exact_store,
             &queries,
-            &ekfac.clone().normalize(true),
+            &plain.clone().normalize(true),
             &ids,
         )?;
         let (pe, sp, o) = agreement(&s, &exact, config.overlap_k.min(n))?;
