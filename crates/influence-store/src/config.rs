@@ -96,8 +96,13 @@ pub struct StoreConfig {
     /// zstd level (1–22; higher is smaller and slower). Sketches are near-random floats, so high
     /// levels buy little.
     pub zstd_level: i32,
-    /// Rows per Arrow record batch inside a shard.
+    /// An Arrow record batch is written once it holds this many rows…
     pub batch_rows: usize,
+    /// …or this many bytes of uncompressed sketch values, whichever comes first (a training
+    /// step's rows are never split across batches). A batch is encoded, written and later decoded
+    /// whole: wide layers or full-rank rows (megabytes each) would otherwise make batches of
+    /// gigabytes.
+    pub batch_bytes: usize,
     /// A shard is committed once it holds this many rows…
     pub shard_rows: usize,
     /// …or this many bytes of uncompressed sketch values, whichever comes first. Shards are also
@@ -121,6 +126,7 @@ impl Default for StoreConfig {
             dtype: SketchDtype::I8,
             zstd_level: 1,
             batch_rows: 1024,
+            batch_bytes: 64 << 20,
             shard_rows: 65_536,
             shard_bytes: 256 << 20,
             queue_steps: 64,
@@ -145,6 +151,11 @@ impl StoreConfig {
     /// Sets [`StoreConfig::batch_rows`].
     pub fn batch_rows(mut self, rows: usize) -> Self {
         self.batch_rows = rows;
+        self
+    }
+    /// Sets [`StoreConfig::batch_bytes`].
+    pub fn batch_bytes(mut self, bytes: usize) -> Self {
+        self.batch_bytes = bytes;
         self
     }
     /// Sets [`StoreConfig::shard_rows`].
@@ -196,6 +207,7 @@ impl StoreConfig {
             }
         };
         positive("batch_rows", self.batch_rows)?;
+        positive("batch_bytes", self.batch_bytes)?;
         positive("shard_rows", self.shard_rows)?;
         positive("shard_bytes", self.shard_bytes)?;
         positive("queue_steps", self.queue_steps)?;

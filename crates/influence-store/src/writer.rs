@@ -683,7 +683,10 @@ impl Worker {
                 }
                 self.pending_rows += b.rows.len();
                 self.pending.push(b);
-                if self.pending_rows >= self.config.batch_rows {
+                let row_bytes = self.row_bytes()?;
+                if self.pending_rows >= self.config.batch_rows
+                    || self.pending_rows * row_bytes >= self.config.batch_bytes
+                {
                     self.write_pending()?;
                 }
                 let full = self.open.as_ref().is_some_and(|s| {
@@ -751,6 +754,16 @@ impl Worker {
         }
     }
 
+    /// Uncompressed bytes of one row's sketch values, all layers.
+    fn row_bytes(&mut self) -> Result<usize, StoreError> {
+        let m = self.manifest()?;
+        Ok(m.run
+            .layers
+            .iter()
+            .map(|l| m.dtype.row_bytes(l.sketch_len()))
+            .sum())
+    }
+
     fn write_pending(&mut self) -> Result<(), StoreError> {
         if self.pending.is_empty() {
             return Ok(());
@@ -785,11 +798,7 @@ impl Worker {
         let (batch, overflowed) =
             schema::encode(&schema, &run, dtype, &self.sources, &self.pending)
                 .map_err(StoreError::arrow(self.dir.join(SHARDS)))?;
-        let per_row: usize = run
-            .layers
-            .iter()
-            .map(|l| dtype.row_bytes(l.sketch_len()))
-            .sum();
+        let per_row = self.row_bytes()?;
         if let Some(s) = self.open.as_mut() {
             s.file.write(&batch)?;
             s.rows += self.pending_rows as u64;

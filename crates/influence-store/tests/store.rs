@@ -322,6 +322,42 @@ fn every_dtype_round_trips_with_factors_and_checkpoints() {
     }
 }
 
+#[test]
+fn batch_bytes_caps_record_batches_without_splitting_a_step() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = run_info(100);
+    let mut rng = StdRng::seed_from_u64(9);
+    let (mut sent, mut windows) = (BTreeMap::new(), Vec::new());
+    // 22 values a row, 88 bytes at f32: a batch is written as soon as it holds 88 bytes, so
+    // every step's rows (one to five) make a record batch of their own.
+    let config = StoreConfig::default()
+        .dtype(SketchDtype::F32)
+        .batch_bytes(88)
+        .fsync(false);
+    let mut w = StoreWriter::create(dir.path(), config).expect("create");
+    w.begin(&run).expect("begin");
+    drive(&mut w, &run, 0, 30, &mut rng, &mut sent, &mut windows);
+    w.finish().expect("finish");
+    let store = Store::open(dir.path()).expect("open");
+    let mut batches = 0;
+    for shard in store.shards(&ReadOptions::default()) {
+        let (_, record_batches) = store.record_batches(shard).expect("record batches");
+        for b in record_batches {
+            let step = b.column_by_name("step").expect("step column");
+            let step = step
+                .as_any()
+                .downcast_ref::<arrow_array::UInt64Array>()
+                .expect("u64 steps");
+            let first = step.value(0);
+            assert!(step.iter().all(|s| s == Some(first)), "one step a batch");
+            assert_eq!(b.num_rows(), sent[&first].rows.len(), "step {first} whole");
+            batches += 1;
+        }
+    }
+    assert_eq!(batches, 30);
+    assert_matches(&store, &sent, SketchDtype::F32);
+}
+
 /// Writes `b` alone into a fresh store at `dtype`; returns the manifest's overflow count and the
 /// first chunk read back.
 fn write_one_batch(
