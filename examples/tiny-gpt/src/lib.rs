@@ -17,6 +17,7 @@ pub mod task;
 pub mod tokenizer;
 pub mod train;
 pub mod validate;
+pub mod whiten;
 
 /// Logs of the example's binaries to stderr: `RUST_LOG` when set, warnings otherwise.
 pub fn init_logging() {

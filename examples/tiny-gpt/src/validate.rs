@@ -58,6 +58,10 @@ pub struct StudyConfig {
     /// Non-square post-hoc sizes `(k_a, k_g)`, measured like `posthoc_ks`.
     #[serde(default)]
     pub posthoc_sizes: Vec<(usize, usize)>,
+    /// Values per layer of the simulated whitened projection ([`crate::whiten`]), each measured
+    /// on the full-rank store against the same reference (empty: not measured).
+    #[serde(default)]
+    pub whitened_values: Vec<usize>,
     /// Sketch schemes of the post-hoc price curve (each at every size of `posthoc_ks`).
     #[serde(default = "all_schemes")]
     pub posthoc_schemes: Vec<SketchScheme>,
@@ -124,6 +128,7 @@ impl StudyConfig {
             train_ks: vec![64],
             posthoc_ks: vec![4, 8, 16, 32],
             posthoc_sizes: Vec::new(),
+            whitened_values: Vec::new(),
             posthoc_schemes: all_schemes(),
             train_schemes: vec![SketchScheme::Random],
             // f16 and bf16 gave the f32 figures to three decimals (2026-11-27): one value type.
@@ -968,6 +973,60 @@ pub fn run_study(
         }
     }
     log(format!("{} post-hoc sketch stores", price_stores.len()));
+    // Whitening before projecting, simulated at its most favourable (crate::whiten).
+    for &values in &config.whitened_values {
+        let w = crate::whiten::whitened_scores(
+            &task,
+            &exact_store,
+            &queries,
+            &plain,
+            (&ids, &exact),
+            (values, config.train.hook.projection_seed),
+        )?;
+        log(format!(
+            "whitened projection, {values} values a layer: exact whitened scores match EK-FAC to {:.1e} (relative to the largest)",
+            w.check
+        ));
+        let layers = exact_store.run().layers.len();
+        let m = exact_store.manifest();
+        let window_bytes = m.windows.iter().map(|w| w.factors.bytes).sum::<u64>() as f64
+            / m.windows.len().max(1) as f64
+            / layers as f64;
+        let raw = layers * SketchDtype::I8.row_bytes(values);
+        let label = "whitened (exact EK-FAC), dense Gaussian projection, simulated";
+        for (scheme, scores, normalised) in [
+            (label.to_string(), w.plain.clone(), false),
+            (
+                format!("{label}, normalised rows"),
+                w.normalised.clone(),
+                true,
+            ),
+        ] {
+            price_stores.push(PriceStore {
+                scheme,
+                k: values,
+                k_g: 1,
+                dtype: SketchDtype::I8,
+                values: values * layers,
+                raw,
+                // Not written: near-Gaussian int8 codes, which zstd leaves at their raw size.
+                stored: raw as f64,
+                window_bytes,
+                scores,
+                normalised,
+            });
+        }
+        // Normalised rows against the normalised score in the preconditioned metric (the
+        // reference below divides by the Euclidean norm of the gradient instead).
+        let kk = config.overlap_k.min(n);
+        for p in price_stores.iter().filter(|p| p.normalised) {
+            let (pe, sp, o) = agreement(&p.scores, &w.exact_normalised, kk)?;
+            log(format!(
+                "{} {}×{} {:?} vs exact EK-FAC normalised in the preconditioned metric: Pearson {pe:.3}, Spearman {sp:.3}, top-{kk} overlap {o:.2}",
+                p.scheme, p.k, p.k_g, p.dtype
+            ));
+        }
+    }
     // Normalised rows change the quantity, not only its estimate: their sketches are compared
     // with the exact gradients' normalised scores, and the change itself is logged.
     let exact_normalised = if price_stores.iter().any(|p| p.normalised) {
