@@ -288,6 +288,23 @@ pub fn default_methods() -> Vec<Method> {
     ]
 }
 
+/// Sketch-space (LoGra-style) curvature, normalised rows and plain: the scoring for stores
+/// written with random projections ([`ScoreConfig::sketch_curvature`]; eigenbasis windows ignore
+/// it and score as [`default_methods`]' EK-FAC rows do).
+pub fn sketch_curvature_methods() -> Vec<Method> {
+    let on = ScoreConfig::default().sketch_curvature(true);
+    vec![
+        Method {
+            name: "influence, sketch-space curvature (LoGra), normalised rows".into(),
+            config: on.clone(),
+        },
+        Method {
+            name: "influence, sketch-space curvature (LoGra), plain".into(),
+            config: on.normalize(false),
+        },
+    ]
+}
+
 /// One row of the fact-tracing table.
 #[derive(Clone, Debug, Serialize)]
 pub struct FactRow {

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use tiny_gpt::facts::{default_methods, trace_facts};
+use tiny_gpt::facts::{default_methods, sketch_curvature_methods, trace_facts};
 
 /// Fact tracing: MRR and recall@10 of influence against BM25 over every fact of the corpus.
 #[derive(Parser, Debug)]
@@ -26,14 +26,21 @@ struct Args {
     /// Use at most this many facts (spread over the pool; default all).
     #[arg(long)]
     max_facts: Option<usize>,
+    /// Also score with sketch-space (LoGra) curvature, for stores of random projections.
+    #[arg(long)]
+    sketch_curvature: bool,
 }
 
 fn main() -> Result<()> {
     tiny_gpt::init_logging();
     let args = Args::parse();
+    let mut methods = default_methods();
+    if args.sketch_curvature {
+        methods.extend(sketch_curvature_methods());
+    }
     let report = trace_facts(
         &args.run,
-        &default_methods(),
+        &methods,
         args.chunk,
         args.max_facts,
         &|line| println!("{line}"),
