@@ -144,6 +144,12 @@ struct Gpt {
 }
 
 fn gpt() -> Gpt {
+    gpt_with(None)
+}
+
+/// [`gpt`], recording a training-time store into `store` when given: 2×2 eigenbasis sketches
+/// (lossy on purpose) and a window every 10 of the 30 steps.
+fn gpt_with(store: Option<&Path>) -> Gpt {
     let mut config = TrainConfig::tiny();
     config.corpus.registry_per_source = 1;
     config.corpus.arithmetic = 6;
@@ -157,9 +163,16 @@ fn gpt() -> Gpt {
     config.steps = 30;
     config.lr = 3e-3;
     config.seq_len = 128;
+    if store.is_some() {
+        config.hook = config.hook.k_a(2).k_g(2).window_steps(10);
+    }
     let prepared = prepare(&config).expect("prepare");
     let device = cpu().autodiff();
-    let report = train(&config, &prepared, &device, None).expect("train");
+    let sink = store.map(|dir| {
+        Box::new(StoreWriter::create(dir, config.store.clone()).expect("store"))
+            as Box<dyn influence_core::Sink>
+    });
+    let report = train(&config, &prepared, &device, sink).expect("train");
     let dir = tempfile::tempdir().expect("tmp");
     report
         .model
@@ -776,4 +789,223 @@ fn sketch_space_curvature_equals_the_dense_solve_in_the_sketch_space() {
         .strategy(Strategy::Identity);
     let e = analyze(&g.task, &store, &g.queries, &bad, &cpu(), &mut |_| {}).expect_err("bad");
     assert!(e.to_string().contains("sketch_curvature"), "{e}");
+}
+
+/// Exact re-ranking ([`rerank`]) of a training-time store of three windows: every candidate's
+/// exact score equals the reference built independently — per window, the document's gradient
+/// by autodiff on the document alone at that window's checkpoint, the query's by autodiff on the
+/// query alone, a dense EK-FAC solve with the window's factors and damping, weighted by the
+/// document's rows in the window (and, with normalised rows, divided by the gradient's dense
+/// `(F + λI)⁻¹` norm) — to 1e-4 of the largest score (f32 gradients and matmuls of
+/// f64-preconditioned queries, as above). With `n` ≥ the corpus, the re-ranked top 5 is the
+/// exact ranking's top 5; with a small `n` each query keeps at most `2n` candidates.
+#[test]
+fn reranked_scores_equal_autodiff_exact_scores_over_windows() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let g = gpt_with(Some(dir.path()));
+    let store = Store::open(dir.path()).expect("open");
+    let windows: Vec<u32> = store.complete_windows().map(|w| w.window).collect();
+    assert_eq!(windows, vec![0, 1, 2], "30 steps, a window every 10");
+    let corpus = g.task.corpus().expect("corpus");
+    let device = cpu();
+    let ad = device.clone().autodiff();
+    let reduction = g.task.loss_reduction();
+
+    // Rows per (window, document), read from the store.
+    let mut rows: std::collections::HashMap<(u32, u64), f64> = Default::default();
+    for &w in &windows {
+        let opts = influence_store::ReadOptions {
+            windows: Some(vec![w]),
+            ..Default::default()
+        };
+        for chunk in store.sketches(&opts).expect("stream") {
+            for id in chunk.expect("chunk").doc_ids {
+                *rows.entry((w, id)).or_default() += 1.0;
+            }
+        }
+    }
+
+    // Per window: dense-preconditioned query gradients and each document's exact gradient.
+    struct Window {
+        queries: Vec<Vec<f64>>,
+        docs: Vec<(u64, Vec<f64>, f64)>, // id, vec(G_n) over layers, ‖G_n‖² in the metric
+    }
+    let plain = ScoreConfig::default().normalize(false);
+    let prepared = influence_analyzer::prepare_queries(
+        &g.task,
+        &store,
+        &g.queries,
+        &plain,
+        &device,
+        &mut |_| {},
+    )
+    .expect("prepare");
+    let mut reference = Vec::new();
+    for p in &prepared {
+        let model = g
+            .task
+            .load_model(
+                &store.checkpoint_path(p.window).expect("ckpt"),
+                &Tap::detached(),
+                &ad,
+            )
+            .expect("model");
+        let factors = store.factors(p.window).expect("factors");
+        let layer_grads = |grads: &burn::tensor::Gradients, scale: f64| -> Vec<Vec<f64>> {
+            let b = &model.blocks[0];
+            [&b.attn.qkv, &b.attn.out, &b.mlp.fc1, &b.mlp.fc2]
+                .into_iter()
+                .map(|l| linear_grad(l, grads).iter().map(|v| v * scale).collect())
+                .collect()
+        };
+        let queries = g
+            .queries
+            .iter()
+            .map(|q| {
+                let (batch, _) = g
+                    .task
+                    .query_batch(std::slice::from_ref(q), &ad)
+                    .expect("batch");
+                let grads = g.task.completion_nll(&model, &batch).sum().backward();
+                dense_ekfac(&factors, &layer_grads(&grads, 1.0), &p.damping)
+            })
+            .collect();
+        let docs = corpus
+            .iter()
+            .filter(|d| rows.contains_key(&(p.window, d.id)))
+            .map(|d| {
+                let [(batch, step)] = <[_; 1]>::try_from(
+                    g.task
+                        .document_batches(std::slice::from_ref(d), &ad)
+                        .expect("batch"),
+                )
+                .map_err(|_| "one batch")
+                .expect("one batch for one document");
+                use influence_hook::FitLoss;
+                let grads = model
+                    .fit_loss(&batch, influence_hook::FitLabels::Empirical)
+                    .backward();
+                let per_layer = layer_grads(&grads, f64::from(step.loss_scale(reduction)));
+                let pre = dense_ekfac(&factors, &per_layer, &p.damping);
+                let flat: Vec<f64> = per_layer.concat();
+                let n2 = dot(&pre, &flat);
+                (d.id, flat, n2)
+            })
+            .collect();
+        reference.push(Window { queries, docs });
+    }
+    let want = |normalize: bool, id: u64, q: usize| -> f64 {
+        windows
+            .iter()
+            .zip(&reference)
+            .filter_map(|(&w, r)| {
+                let (_, gn, n2) = r.docs.iter().find(|(d, _, _)| *d == id)?;
+                let weight = rows[&(w, id)] / if normalize { n2.sqrt() } else { 1.0 };
+                Some(weight * dot(&r.queries[q], gn))
+            })
+            .sum()
+    };
+
+    for config in [plain.clone(), ScoreConfig::default()] {
+        let a =
+            analyze(&g.task, &store, &g.queries, &config, &device, &mut |_| {}).expect("analyze");
+        let n_docs = a.scores.docs.len();
+        let r = influence_analyzer::rerank(
+            &g.task,
+            &store,
+            &a,
+            &corpus,
+            &config,
+            n_docs,
+            &device,
+            &mut |_, _| {},
+        )
+        .expect("rerank");
+        assert_eq!(r.stats.documents, n_docs);
+        assert_eq!(r.stats.windows, 3);
+        assert_eq!(
+            r.stats.gradients,
+            reference.iter().map(|w| w.docs.len()).sum::<usize>()
+        );
+        for q in 0..g.queries.len() {
+            let ids: Vec<u64> = a.scores.docs.iter().map(|d| d.id).collect();
+            let expect: Vec<f64> = ids
+                .iter()
+                .map(|&id| want(config.normalize, id, q))
+                .collect();
+            let got: Vec<f64> = (0..n_docs)
+                .map(|d| r.exact_score(d, q).expect("every document is a candidate"))
+                .collect();
+            let e = max_rel(&got, &expect);
+            assert!(
+                e < 1e-4,
+                "normalize {} query {q}: re-ranked vs autodiff + dense solve, max rel err {e:.2e}",
+                config.normalize
+            );
+            // The sketches (2×2) are lossy: the exact scores are not the sketch scores.
+            let sketch = a.scores.column(q);
+            assert!(
+                max_rel(&sketch, &expect) > 1e-2,
+                "query {q}: sketch already exact?"
+            );
+            let top: Vec<u64> = r.top(q, 5).iter().map(|&d| ids[d]).collect();
+            let best: Vec<u64> = influence_analyzer::scorer::top_k(n_docs, 5, |d| expect[d])
+                .into_iter()
+                .map(|d| ids[d])
+                .collect();
+            assert_eq!(top, best, "query {q}: re-ranked top 5");
+            let report = a.report_reranked(&r, 3, 3);
+            assert_eq!(report.ranking, "exact");
+            let first = &report.queries[q].top[0];
+            let d = ids.iter().position(|&id| id == best[0]).expect("doc");
+            assert_eq!(first.doc_id, best[0]);
+            assert_eq!(first.exact, r.exact_score(d, q));
+            assert_eq!(
+                first.score,
+                a.scores.score(d, q),
+                "the sketch score rides along"
+            );
+        }
+        // A small n: each query's own candidates are at most its top 2 and bottom 2.
+        let small = influence_analyzer::rerank(
+            &g.task,
+            &store,
+            &a,
+            &corpus,
+            &config,
+            2,
+            &device,
+            &mut |_, _| {},
+        )
+        .expect("rerank");
+        assert!(small.stats.documents <= 4 * g.queries.len());
+        for q in 0..g.queries.len() {
+            assert!(small.ranking[q].len() <= 4 && small.ranking[q].len() >= 2);
+            let exact: Vec<f64> = small
+                .top(q, 4)
+                .iter()
+                .map(|&d| small.exact_score(d, q).expect("candidate"))
+                .collect();
+            assert!(
+                exact.windows(2).all(|w| w[0] >= w[1]),
+                "query {q}: ranked by exact score"
+            );
+        }
+    }
+    let a = analyze(&g.task, &store, &g.queries, &plain, &device, &mut |_| {}).expect("analyze");
+    let err = influence_analyzer::rerank(
+        &g.task,
+        &store,
+        &a,
+        &corpus[..1],
+        &plain,
+        3,
+        &device,
+        &mut |_, _| {},
+    )
+    .expect_err("a candidate missing from the corpus");
+    assert!(
+        err.to_string().contains("not in the task's corpus"),
+        "{err}"
+    );
 }

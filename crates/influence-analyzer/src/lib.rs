@@ -28,7 +28,8 @@
 //! ```
 //!
 //! The post-hoc path ([`sketch_corpus`]) writes a store of the same format for a corpus at one
-//! checkpoint; [`TokenScorer`] splits a document's score over its tokens.
+//! checkpoint; [`TokenScorer`] splits a document's score over its tokens; [`rerank()`] scores
+//! each query's top and bottom candidates again with their exact gradients.
 
 mod analyze;
 mod config;
@@ -36,6 +37,7 @@ pub mod device;
 mod error;
 mod posthoc;
 pub mod query;
+mod rerank;
 mod results;
 pub mod scorer;
 mod task;
@@ -46,6 +48,7 @@ pub use error::{AnalyzerError, TaskError};
 pub use influence_ekfac::{Damping, Strategy};
 pub use posthoc::{SketchSummary, TokenInfluence, TokenScorer, sketch_corpus};
 pub use query::{PreparedQueries, QueryGradients, read_queries};
+pub use rerank::{RerankStats, Reranked, rerank};
 pub use results::{QueryResult, Ranked, Report, write_scores_arrow};
 pub use scorer::{DocInfo, ScoreStats, Scores, score_store};
 pub use task::{Document, Query, Task};

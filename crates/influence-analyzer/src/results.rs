@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::AnalyzerError;
 use crate::analyze::Analysis;
+use crate::rerank::Reranked;
 
 /// One ranked document of a query.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -20,8 +21,12 @@ pub struct Ranked {
     /// Source label.
     pub source: String,
     /// Influence: positive means training on the document made the completion more likely
-    /// (nats, to first order).
+    /// (nats, to first order). The sketch score.
     pub score: f64,
+    /// The exact score of an exact re-ranking ([`crate::rerank()`]), when the document was a
+    /// candidate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exact: Option<f64>,
     /// `score` divided by the completion's nats `−log p(completion | prompt)`.
     pub score_per_nat: f64,
     /// The score split by layer (store order).
@@ -66,27 +71,48 @@ pub struct Report {
     pub windows: Vec<u32>,
     /// Counters of the scoring pass.
     pub stats: crate::scorer::ScoreStats,
+    /// Which scores the `top` and `bottom` lists are ranked by: `sketch`, or `exact` (the
+    /// re-ranked candidates, [`Analysis::report_reranked`]).
+    pub ranking: String,
+    /// The re-ranking pass, when the lists are exact.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rerank: Option<crate::rerank::RerankStats>,
     /// One entry per query.
     pub queries: Vec<QueryResult>,
 }
 
 impl Analysis {
-    fn ranked(&self, q: usize, d: usize, rank: usize) -> Ranked {
+    fn ranked(&self, q: usize, d: usize, rank: usize, exact: Option<&Reranked>) -> Ranked {
         let s = &self.scores;
         let score = s.score(d, q);
+        let exact = exact.and_then(|r| r.exact_score(d, q));
         Ranked {
             rank,
             doc_id: s.docs[d].id,
             source: s.docs[d].source.to_string(),
             score,
-            score_per_nat: score / self.nats()[q],
+            exact,
+            score_per_nat: exact.unwrap_or(score) / self.nats()[q],
             per_layer: s.layer_scores(d, q).to_vec(),
             rows: s.docs[d].rows,
         }
     }
 
-    /// The report of every query with its top-`top_k` and bottom-`bottom_k` documents.
+    /// The report of every query with its top-`top_k` and bottom-`bottom_k` documents by
+    /// sketch score.
     pub fn report(&self, top_k: usize, bottom_k: usize) -> Report {
+        self.report_with(top_k, bottom_k, None)
+    }
+
+    /// The report with each query's lists ranked by the exact scores of `reranked` (computed
+    /// from this analysis by [`crate::rerank()`]); every listed document carries both its sketch
+    /// and its exact score, and `score_per_nat` divides the exact one. The lists hold at most
+    /// the query's candidates.
+    pub fn report_reranked(&self, reranked: &Reranked, top_k: usize, bottom_k: usize) -> Report {
+        self.report_with(top_k, bottom_k, Some(reranked))
+    }
+
+    fn report_with(&self, top_k: usize, bottom_k: usize, exact: Option<&Reranked>) -> Report {
         let s = &self.scores;
         let queries = self
             .queries
@@ -103,8 +129,12 @@ impl Analysis {
                 let rank = |list: Vec<usize>| {
                     list.into_iter()
                         .enumerate()
-                        .map(|(i, d)| self.ranked(q, d, i + 1))
+                        .map(|(i, d)| self.ranked(q, d, i + 1, exact))
                         .collect()
+                };
+                let (top, bottom) = match exact {
+                    Some(r) => (r.top(q, top_k), r.bottom(q, bottom_k)),
+                    None => (s.top(q, top_k), s.bottom(q, bottom_k)),
                 };
                 QueryResult {
                     id: query.id.clone(),
@@ -114,8 +144,8 @@ impl Analysis {
                     total_positive: col.iter().filter(|v| **v > 0.0).sum(),
                     total_negative: col.iter().filter(|v| **v < 0.0).sum(),
                     layer_totals,
-                    top: rank(s.top(q, top_k)),
-                    bottom: rank(s.bottom(q, bottom_k)),
+                    top: rank(top),
+                    bottom: rank(bottom),
                     extra: query.extra.clone(),
                 }
             })
@@ -125,6 +155,8 @@ impl Analysis {
             documents: s.docs.len(),
             windows: self.prepared.iter().map(|p| p.window).collect(),
             stats: s.stats.clone(),
+            ranking: if exact.is_some() { "exact" } else { "sketch" }.into(),
+            rerank: exact.map(|r| r.stats.clone()),
             queries,
         }
     }
@@ -141,9 +173,11 @@ impl Report {
     }
 
     /// Writes one CSV line per (query, ranked document): `query_id, list, rank, doc_id, source,
-    /// score, score_per_nat, rows`, then one column per layer.
+    /// score, score_per_nat, rows, exact` (`exact` empty unless re-ranked), then one column per
+    /// layer.
     pub fn write_csv(&self, path: &Path) -> Result<(), AnalyzerError> {
-        let mut out = String::from("query_id,list,rank,doc_id,source,score,score_per_nat,rows");
+        let mut out =
+            String::from("query_id,list,rank,doc_id,source,score,score_per_nat,rows,exact");
         for l in &self.layers {
             out.push(',');
             out.push_str(&csv_field(&format!("layer:{l}")));
@@ -153,14 +187,15 @@ impl Report {
             for (list, items) in [("top", &q.top), ("bottom", &q.bottom)] {
                 for r in items {
                     out.push_str(&format!(
-                        "{},{list},{},{},{},{},{},{}",
+                        "{},{list},{},{},{},{},{},{},{}",
                         csv_field(&q.id),
                         r.rank,
                         r.doc_id,
                         csv_field(&r.source),
                         r.score,
                         r.score_per_nat,
-                        r.rows
+                        r.rows,
+                        r.exact.map(|v| v.to_string()).unwrap_or_default()
                     ));
                     for v in &r.per_layer {
                         out.push_str(&format!(",{v}"));

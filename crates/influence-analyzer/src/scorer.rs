@@ -61,6 +61,11 @@ pub struct Scores {
     pub totals: Vec<f64>,
     /// `docs × queries × layers`: the same, split by layer.
     pub per_layer: Vec<f64>,
+    /// Per document: `(window, weight)` for every window in which it has rows, the weight the
+    /// sum of its rows' weights there (1 a row, or its learning rate under
+    /// [`ScoreConfig::lr_weighting`]) — what an exact re-score of the window weighs by
+    /// ([`crate::rerank()`]).
+    pub row_weights: Vec<Vec<(u32, f64)>>,
     /// Counters.
     pub stats: ScoreStats,
 }
@@ -182,6 +187,7 @@ struct Accumulator {
     docs: Vec<DocInfo>,
     totals: Vec<f64>,
     per_layer: Vec<f64>,
+    row_weights: Vec<Vec<(u32, f64)>>,
 }
 
 impl Accumulator {
@@ -200,6 +206,7 @@ impl Accumulator {
         self.totals.extend(std::iter::repeat_n(0.0, self.nq));
         self.per_layer
             .extend(std::iter::repeat_n(0.0, self.nq * self.nl));
+        self.row_weights.push(Vec::new());
         d
     }
 
@@ -207,6 +214,7 @@ impl Accumulator {
     /// norm in the scoring metric when rows are normalised.
     fn add(
         &mut self,
+        window: u32,
         chunk: &SketchChunk,
         scores: &[f32],
         norms: Option<&[f32]>,
@@ -223,6 +231,11 @@ impl Accumulator {
             } else {
                 1.0
             };
+            let weights = &mut self.row_weights[d];
+            match weights.iter_mut().find(|(x, _)| *x == window) {
+                Some((_, sum)) => *sum += w,
+                None => weights.push((window, w)),
+            }
             if let Some(norms) = norms {
                 // A zero row scores zero whatever it is divided by.
                 let n = f64::from(norms[r]);
@@ -329,6 +342,7 @@ pub fn score_store(
         docs: Vec::new(),
         totals: Vec::new(),
         per_layer: Vec::new(),
+        row_weights: Vec::new(),
     };
     let mut stats = ScoreStats {
         skipped_rows: skipped,
@@ -375,7 +389,13 @@ pub fn score_store(
                     Some(n) => Some(read(n.sqrt(), "row norms")?),
                     None => None,
                 };
-                acc.add(&chunk, &scores, norms.as_deref(), config.lr_weighting);
+                acc.add(
+                    shard.window,
+                    &chunk,
+                    &scores,
+                    norms.as_deref(),
+                    config.lr_weighting,
+                );
                 stats.rows += rows as u64;
             }
             stats.shards += 1;
@@ -394,6 +414,7 @@ pub fn score_store(
         docs: acc.docs,
         totals: acc.totals,
         per_layer: acc.per_layer,
+        row_weights: acc.row_weights,
         stats,
     })
 }

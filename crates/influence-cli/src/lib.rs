@@ -114,6 +114,11 @@ pub struct QueryArgs {
     /// Documents printed per query.
     #[arg(long, default_value_t = 5)]
     pub show: usize,
+    /// Re-rank each query's top N and bottom N documents by their exact score (each
+    /// candidate's gradient recomputed at every window's checkpoint it has rows in); the lists
+    /// then show the exact ranking, with both scores.
+    #[arg(long, value_name = "N")]
+    pub rerank: Option<usize>,
 }
 
 /// Scoring options shared by `query` and `report`.
@@ -290,6 +295,40 @@ pub(crate) fn analyze_with_bars<T: Task>(
     Ok(analysis)
 }
 
+/// [`influence_analyzer::rerank`] with a progress bar and the cost line.
+pub(crate) fn rerank_with_bar<T: Task>(
+    task: &T,
+    store: &Store,
+    analysis: &influence_analyzer::Analysis,
+    corpus: &HashMap<u64, influence_analyzer::Document>,
+    config: &ScoreConfig,
+    n: usize,
+    device: &burn::tensor::Device,
+) -> Result<influence_analyzer::Reranked> {
+    let docs: Vec<influence_analyzer::Document> = corpus.values().cloned().collect();
+    let pb = bar(0, "exact");
+    let r = influence_analyzer::rerank(
+        task,
+        store,
+        analysis,
+        &docs,
+        config,
+        n,
+        device,
+        &mut |d, t| {
+            pb.set_length(t as u64);
+            pb.set_position(d as u64);
+        },
+    )
+    .context("--rerank")?;
+    pb.finish_and_clear();
+    println!(
+        "{} (top and bottom {n} per query by sketch score)",
+        r.stats.summary()
+    );
+    Ok(r)
+}
+
 /// The task's corpus by document id.
 pub(crate) fn corpus_by_id<T: Task>(
     task: &T,
@@ -394,8 +433,14 @@ fn query<T: Task>(task: &T, store: &Store, a: &QueryArgs) -> Result<()> {
     let device = a.device.parse::<DeviceName>()?.device()?;
     let queries = read_queries(&a.queries)?;
     let analysis = analyze_with_bars(task, store, &queries, &config, &device)?;
-    let report = analysis.report(config.top_k, config.bottom_k);
     let corpus = corpus_by_id(task)?;
+    let report = match a.rerank {
+        Some(n) => {
+            let r = rerank_with_bar(task, store, &analysis, &corpus, &config, n, &device)?;
+            analysis.report_reranked(&r, config.top_k, config.bottom_k)
+        }
+        None => analysis.report(config.top_k, config.bottom_k),
+    };
 
     let mut token_wise = Vec::new();
     if a.token_wise > 0 {
@@ -430,6 +475,9 @@ fn query<T: Task>(task: &T, store: &Store, a: &QueryArgs) -> Result<()> {
         s.wall_seconds,
         s.rows as f64 / s.wall_seconds.max(1e-9)
     );
+    if report.ranking == "exact" {
+        println!("ranked by exact score (sketch score in brackets)");
+    }
     for q in &report.queries {
         println!(
             "\n{}  {:?} → {:?}  (−log p = {:.3} nats)",
@@ -437,12 +485,15 @@ fn query<T: Task>(task: &T, store: &Store, a: &QueryArgs) -> Result<()> {
         );
         for r in q.top.iter().take(a.show) {
             let text = corpus.get(&r.doc_id).map_or("", |d| d.text.as_str());
+            let score = match r.exact {
+                Some(e) => format!("{e:>+11.4e} [{:>+10.3e}]", r.score),
+                None => format!("{:>+11.4e}", r.score),
+            };
             println!(
-                "  {:>3}. doc {:>6} {:<11} {:>+11.4e} ({:>+9.3e}/nat)  {}",
+                "  {:>3}. doc {:>6} {:<11} {score} ({:>+9.3e}/nat)  {}",
                 r.rank,
                 r.doc_id,
                 r.source,
-                r.score,
                 r.score_per_nat,
                 snippet(text, 70)
             );

@@ -26,14 +26,16 @@ use influence_analyses as an;
 use influence_analyzer::device::DeviceName;
 use influence_analyzer::query::load_window_model;
 use influence_analyzer::{
-    Analysis, Document, Query, ScoreConfig, Task, TokenScorer, read_queries, windows,
+    Analysis, Document, Query, Reranked, ScoreConfig, Scores, Task, TokenScorer, read_queries,
+    windows,
 };
 use influence_report as rp;
 use influence_store::Store;
 use serde::Serialize;
 
 use crate::{
-    ScoringArgs, analyze_with_bars, bar, corpus_by_id, open_store_and_task, score_config, snippet,
+    ScoringArgs, analyze_with_bars, bar, corpus_by_id, open_store_and_task, rerank_with_bar,
+    score_config, snippet,
 };
 
 /// Arguments of `influence report`.
@@ -78,6 +80,11 @@ pub struct ReportArgs {
     /// Score the queries' reference completions only (do not let the model answer).
     #[arg(long)]
     pub no_generate: bool,
+    /// Re-rank each completion's top N and bottom N documents by their exact score; the top
+    /// documents, the answer search and the token-wise highlights then use the exact ranking
+    /// (the candidates first, by exact score; sketch order beyond them).
+    #[arg(long, value_name = "N")]
+    pub rerank: Option<usize>,
 }
 
 /// One scored completion: a query answered by the model, or its reference answer.
@@ -390,8 +397,14 @@ fn analyse_run<T: Task>(
         s.wall_seconds
     );
     let corpus = corpus_by_id(task)?;
-    let results = Results::compute(&analysis, &meta, &corpus, &a.top_n)?;
-    let tokens = token_wise(task, store, &analysis, &corpus, a, device)?;
+    let reranked = match a.rerank {
+        Some(n) => Some(rerank_with_bar(
+            task, store, &analysis, &corpus, config, n, device,
+        )?),
+        None => None,
+    };
+    let results = Results::compute(&analysis, &meta, &corpus, &a.top_n, reranked)?;
+    let tokens = token_wise(task, store, &analysis, &results, &corpus, a, device)?;
     results.print_headline(name);
     results.section(name, store, &analysis, &meta, &corpus, &tokens, a)
 }
@@ -403,6 +416,7 @@ fn token_wise<T: Task>(
     task: &T,
     store: &Store,
     analysis: &Analysis,
+    results: &Results,
     corpus: &HashMap<u64, Document>,
     a: &ReportArgs,
     device: &Device,
@@ -416,7 +430,7 @@ fn token_wise<T: Task>(
     };
     let scores = &analysis.scores;
     let mut wanted: Vec<u64> = (0..scores.queries)
-        .flat_map(|q| scores.top(q, a.token_wise))
+        .flat_map(|q| results.top(scores, q, a.token_wise))
         .map(|d| scores.docs[d].id)
         .collect();
     wanted.sort_unstable();
@@ -456,14 +470,41 @@ struct Results {
     layer_shares: Vec<Vec<f64>>,
     layers: Vec<String>,
     ks: Vec<usize>,
+    /// The exact re-ranking (`--rerank`), when asked for.
+    reranked: Option<Reranked>,
 }
 
 impl Results {
+    /// Query `q`'s top `k`: by exact score first when re-ranked ([`Reranked::merged_top`]).
+    fn top(&self, s: &Scores, q: usize, k: usize) -> Vec<usize> {
+        match &self.reranked {
+            Some(r) => r.merged_top(s, q, k),
+            None => s.top(q, k),
+        }
+    }
+
+    /// Query `q`'s bottom `k`, likewise.
+    fn bottom(&self, s: &Scores, q: usize, k: usize) -> Vec<usize> {
+        match &self.reranked {
+            Some(r) => r.merged_bottom(s, q, k),
+            None => s.bottom(q, k),
+        }
+    }
+
+    /// The score a list shows: the exact one for a re-ranked candidate.
+    fn shown_score(&self, s: &Scores, d: usize, q: usize) -> f64 {
+        self.reranked
+            .as_ref()
+            .and_then(|r| r.exact_score(d, q))
+            .unwrap_or_else(|| s.score(d, q))
+    }
+
     fn compute(
         analysis: &Analysis,
         meta: &[Scored],
         corpus: &HashMap<u64, Document>,
         top_n: &[usize],
+        reranked: Option<Reranked>,
     ) -> Result<Self> {
         let s = &analysis.scores;
         let nats = analysis.nats();
@@ -516,8 +557,11 @@ impl Results {
         let search = |n: usize| -> Vec<an::AnswerHit> {
             (0..s.queries)
                 .map(|q| {
-                    let texts: Vec<&str> = s
-                        .top(q, n)
+                    let list = match &reranked {
+                        Some(r) => r.merged_top(s, q, n),
+                        None => s.top(q, n),
+                    };
+                    let texts: Vec<&str> = list
                         .into_iter()
                         .map(|d| {
                             corpus
@@ -587,6 +631,7 @@ impl Results {
             layer_shares,
             layers: s.layers.clone(),
             ks,
+            reranked,
         })
     }
 
@@ -658,6 +703,17 @@ impl Results {
                 "scoring time".into(),
                 format!("{:.1} s", s.stats.wall_seconds),
             ),
+            (
+                "top documents ranked by".into(),
+                match &self.reranked {
+                    Some(r) => format!(
+                        "exact score (top and bottom {} by sketch score re-ranked; {})",
+                        r.stats.per_side,
+                        r.stats.summary()
+                    ),
+                    None => "sketch score".into(),
+                },
+            ),
         ];
         let correlation = rp::Heatmap {
             labels: self.primary.iter().map(|&i| meta[i].label()).collect(),
@@ -728,7 +784,7 @@ impl Results {
                 rank,
                 doc_id: info.id,
                 source: info.source.to_string(),
-                score: s.score(d, q),
+                score: self.shown_score(s, d, q),
                 text,
                 tokens,
             }
@@ -747,14 +803,14 @@ impl Results {
                 answer: m.answer.clone(),
                 nats: nats[q],
                 answer_found: self.hits.first().map(|(_, h)| h[q].all_found),
-                top: s
-                    .top(q, a.show)
+                top: self
+                    .top(s, q, a.show)
                     .into_iter()
                     .enumerate()
                     .map(|(r, d)| doc_view(q, d, r + 1))
                     .collect(),
-                bottom: s
-                    .bottom(q, a.show.min(3))
+                bottom: self
+                    .bottom(s, q, a.show.min(3))
                     .into_iter()
                     .enumerate()
                     .map(|(r, d)| doc_view(q, d, r + 1))
@@ -807,7 +863,7 @@ impl Results {
                 .iter()
                 .enumerate()
                 .map(|(q, m)| {
-                    let top = s.top(q, 1);
+                    let top = self.top(s, q, 1);
                     let top_doc = top.first().map(|&d| &s.docs[d]);
                     vec![
                         Text(m.label()),

@@ -264,6 +264,34 @@ impl Preconditioner {
         };
         Ok(rows_from_mat(&out))
     }
+
+    /// `⟨G, (F + λI)⁻¹ G⟩`, the squared norm of a gradient in the preconditioned metric, without
+    /// forming `(F + λI)⁻¹ G` (one rotation instead of two).
+    pub fn quadratic(&self, grad: &[f64]) -> Result<f64, EkfacError> {
+        let (ds, da) = (self.q_s.nrows(), self.q_a.nrows());
+        if grad.len() != ds * da {
+            return Err(EkfacError::Shape {
+                what: "gradient".into(),
+                expected: ds * da,
+                got: grad.len(),
+            });
+        }
+        let g = mat_from_rows(grad, ds, da);
+        let weighted = |m: &Mat<f64>| {
+            let mut sum = 0.0;
+            for j in 0..da {
+                for i in 0..ds {
+                    sum += m[(i, j)] * m[(i, j)] / self.denom[(i, j)];
+                }
+            }
+            sum
+        };
+        Ok(match self.strategy {
+            Strategy::Identity => grad.iter().map(|v| v * v).sum(),
+            Strategy::Diagonal => weighted(&g),
+            Strategy::Ekfac | Strategy::Kfac => weighted(&(self.q_s.transpose() * &g * &self.q_a)),
+        })
+    }
 }
 
 /// Tokens per example of a layer's factors (1 when unknown).
@@ -412,6 +440,37 @@ mod tests {
         }
         for (a, b) in fx.iter().zip(&g) {
             assert!((a - b).abs() < 1e-9, "{a} vs {b}");
+        }
+    }
+
+    /// `quadratic(G)` is `⟨G, apply(G)⟩` for every strategy (the norm used to normalise exact
+    /// re-ranked scores), and rejects a gradient of the wrong size.
+    #[test]
+    fn quadratic_equals_the_inner_product_with_apply() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let (ds, da) = (4, 3);
+        let mut f = factors(ds, da, &mut rng);
+        f.corrected = Some((0..ds * da).map(|_| rng.random_range(0.1..2.0)).collect());
+        let g: Vec<f64> = (0..ds * da).map(|_| rng.random_range(-1.0..1.0)).collect();
+        for strategy in [
+            Strategy::Identity,
+            Strategy::Diagonal,
+            Strategy::Kfac,
+            Strategy::Ekfac,
+        ] {
+            let p = Preconditioner::new(&f, strategy, Damping::Absolute(0.2)).expect("p");
+            let want: f64 = g
+                .iter()
+                .zip(p.apply(&g).expect("apply"))
+                .map(|(a, b)| a * b)
+                .sum();
+            let got = p.quadratic(&g).expect("quadratic");
+            assert!(
+                (got - want).abs() < 1e-12 * want.abs().max(1.0),
+                "{strategy:?}: {got} vs {want}"
+            );
+            assert!(got > 0.0);
+            assert!(p.quadratic(&g[1..]).is_err());
         }
     }
 

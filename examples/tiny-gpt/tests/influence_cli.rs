@@ -152,6 +152,45 @@ fn train_then_report_query_inspect_and_sketch() {
         "12 steps, windows of 4"
     );
 
+    // Exact re-ranking of each query's top and bottom 5 by sketch score.
+    let rr = dir.path().join("rr.json");
+    let (ok, text) = run(&mut influence(
+        &["query", "--rerank", "5", "--top-k", "4", "--store"],
+        &[
+            &store,
+            Path::new("--queries"),
+            &queries,
+            Path::new("--out"),
+            &rr,
+        ],
+    ));
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("re-ranked") && text.contains("over 3 windows"),
+        "{text}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&rr).expect("json")).expect("parse");
+    assert_eq!(json["ranking"], "exact");
+    assert!(json["rerank"]["documents"].as_u64().expect("count") <= 4 * 10);
+    let top = json["queries"][0]["top"].as_array().expect("top");
+    assert_eq!(top.len(), 4);
+    let exact: Vec<f64> = top
+        .iter()
+        .map(|r| r["exact"].as_f64().expect("exact score"))
+        .collect();
+    assert!(exact.windows(2).all(|w| w[0] >= w[1]), "{exact:?}");
+    assert!(
+        top.iter().all(|r| r["score"].is_f64()),
+        "sketch scores ride along"
+    );
+    let (ok, text) = run(&mut influence(
+        &["query", "--rerank", "0", "--store"],
+        &[&store, Path::new("--queries"), &queries],
+    ));
+    assert!(!ok);
+    assert!(text.contains("rerank"), "{text}");
+
     let (ok, text) = run(&mut influence(
         &["inspect", "--verify", "--store"],
         &[&store],

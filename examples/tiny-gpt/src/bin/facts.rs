@@ -38,13 +38,9 @@ fn main() -> Result<()> {
     if args.sketch_curvature {
         methods.extend(sketch_curvature_methods());
     }
-    let report = trace_facts(
-        &args.run,
-        &methods,
-        args.chunk,
-        args.max_facts,
-        &|line| println!("{line}"),
-    )?;
+    let report = trace_facts(&args.run, &methods, args.chunk, args.max_facts, &|line| {
+        println!("{line}")
+    })?;
     let md = report.markdown();
     println!("\n{md}");
     for (ext, body) in [("md", md), ("json", serde_json::to_string_pretty(&report)?)] {
