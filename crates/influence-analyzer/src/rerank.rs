@@ -64,7 +64,7 @@ fn thousands(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -155,6 +155,7 @@ impl Reranked {
 /// (module docs). `corpus` must hold every candidate (matched by id; [`Task::corpus`] normally);
 /// `config` must be the one `analysis` was scored with. `progress` is called with the exact
 /// gradients done and their total.
+#[allow(clippy::too_many_arguments)]
 pub fn rerank<T: Task>(
     task: &T,
     store: &Store,

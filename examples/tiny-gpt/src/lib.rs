@@ -13,6 +13,7 @@ pub mod data;
 pub mod facts;
 pub mod learner;
 pub mod model;
+pub mod reranking;
 pub mod task;
 pub mod tokenizer;
 pub mod train;

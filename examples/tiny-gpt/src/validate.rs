@@ -62,6 +62,11 @@ pub struct StudyConfig {
     /// on the full-rank store against the same reference (empty: not measured).
     #[serde(default)]
     pub whitened_values: Vec<usize>,
+    /// Candidates per query and side for the exact re-ranking measurement
+    /// ([`crate::reranking`]), run on each post-hoc eigenbasis store against the full-rank
+    /// store (empty: not measured).
+    #[serde(default)]
+    pub rerank_ns: Vec<usize>,
     /// Sketch schemes of the post-hoc price curve (each at every size of `posthoc_ks`).
     #[serde(default = "all_schemes")]
     pub posthoc_schemes: Vec<SketchScheme>,
@@ -129,6 +134,7 @@ impl StudyConfig {
             posthoc_ks: vec![4, 8, 16, 32],
             posthoc_sizes: Vec::new(),
             whitened_values: Vec::new(),
+            rerank_ns: Vec::new(),
             posthoc_schemes: all_schemes(),
             train_schemes: vec![SketchScheme::Random],
             // f16 and bf16 gave the f32 figures to three decimals (2026-11-27): one value type.
@@ -879,6 +885,7 @@ pub fn run_study(
         .clone()
         .factor_every(1)
         .fit_batches(10_000);
+    let t = Instant::now();
     let exact_store = posthoc_store(
         &task,
         &ckpt,
@@ -886,6 +893,7 @@ pub fn run_study(
         fit.clone().projection(ProjectionKind::Identity),
         SketchDtype::F32,
     )?;
+    let exact_seconds = t.elapsed().as_secs_f64();
     let exact = score_matrix(&task, &exact_store, &queries, &plain, &ids)?;
     for (name, strategy) in [("KFAC", Strategy::Kfac), ("identity", Strategy::Identity)] {
         methods.push(MethodScores {
@@ -920,6 +928,7 @@ pub fn run_study(
         for (k, k_g) in sizes {
             for &dtype in &config.dtypes {
                 let name = format!("posthoc-s{si}-k{k}x{k_g}-{dtype:?}").to_lowercase();
+                let t = Instant::now();
                 let store = posthoc_store(
                     &task,
                     &ckpt,
@@ -927,6 +936,37 @@ pub fn run_study(
                     fit.clone().k_a(k).k_g(k_g).sketch_scheme(*scheme),
                     dtype,
                 )?;
+                let sketch_seconds = t.elapsed().as_secs_f64();
+                if !config.rerank_ns.is_empty() && !matches!(scheme, SketchScheme::Random) {
+                    let ks = [10, 50, 100];
+                    let rows = crate::reranking::rerank_overlaps(
+                        &task,
+                        &store,
+                        &queries,
+                        &plain,
+                        (&ids, &exact),
+                        &config.rerank_ns,
+                        &ks,
+                    )?;
+                    log(format!(
+                        "{name}: sketched the corpus in {sketch_seconds:.1} s (full rank: {exact_seconds:.1} s); exact re-ranking, top-10/50/100 overlap with the exact ranking:"
+                    ));
+                    for r in &rows {
+                        let o: Vec<String> =
+                            r.overlap.iter().map(|(_, v)| format!("{v:.3}")).collect();
+                        log(format!(
+                            "  N = {:>4} ({:.1} % of the corpus per side): {} — {} documents re-scored in {:.1} s",
+                            r.n,
+                            100.0 * r.share,
+                            o.join(" / "),
+                            r.documents,
+                            r.seconds
+                        ));
+                    }
+                    let path = out.join(format!("rerank-{name}.json"));
+                    std::fs::write(&path, serde_json::to_string_pretty(&rows)?)
+                        .with_context(|| format!("{}", path.display()))?;
+                }
                 let values: usize = store.run().layers.iter().map(|l| l.sketch_len()).sum();
                 let raw: usize = store
                     .run()
