@@ -142,6 +142,10 @@ pub struct ScoringArgs {
     /// Weight each row by its step's learning rate (TracIn-style).
     #[arg(long)]
     pub lr_weighting: bool,
+    /// Precondition random-projection windows by the Fisher of their own stored sketches
+    /// (LoGra-style, one extra pass over each window's shards); eigenbasis windows ignore it.
+    #[arg(long)]
+    pub sketch_curvature: bool,
     /// Unit-normalise each stored row in the scoring metric (cosine scores, TrackStar-style;
     /// the default). `--normalize false` scores the plain inner product.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true",
@@ -381,6 +385,9 @@ pub(crate) fn score_config(a: &ScoringArgs) -> Result<ScoreConfig> {
     }
     if a.lr_weighting {
         c.lr_weighting = true;
+    }
+    if a.sketch_curvature {
+        c.sketch_curvature = true;
     }
     if let Some(on) = a.normalize {
         c.normalize = on;

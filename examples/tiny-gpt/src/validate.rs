@@ -939,33 +939,44 @@ pub fn run_study(
                 let sketch_seconds = t.elapsed().as_secs_f64();
                 if !config.rerank_ns.is_empty() && !matches!(scheme, SketchScheme::Random) {
                     let ks = [10, 50, 100];
-                    let rows = crate::reranking::rerank_overlaps(
-                        &task,
-                        &store,
-                        &queries,
-                        &plain,
-                        (&ids, &exact),
-                        &config.rerank_ns,
-                        &ks,
-                    )?;
-                    log(format!(
-                        "{name}: sketched the corpus in {sketch_seconds:.1} s (full rank: {exact_seconds:.1} s); exact re-ranking, top-10/50/100 overlap with the exact ranking:"
-                    ));
-                    for r in &rows {
-                        let o: Vec<String> =
-                            r.overlap.iter().map(|(_, v)| format!("{v:.3}")).collect();
+                    for scoring in [plain.clone(), plain.clone().normalize(true)] {
+                        let (rows, checked) = crate::reranking::rerank_overlaps(
+                            &task,
+                            &store,
+                            &queries,
+                            &scoring,
+                            Some((&ids, &exact)),
+                            &config.rerank_ns,
+                            &ks,
+                        )?;
+                        let what = if scoring.normalize {
+                            "normalised rows"
+                        } else {
+                            "plain"
+                        };
                         log(format!(
-                            "  N = {:>4} ({:.1} % of the corpus per side): {} — {} documents re-scored in {:.1} s",
-                            r.n,
-                            100.0 * r.share,
-                            o.join(" / "),
-                            r.documents,
-                            r.seconds
+                            "{name}, {what}: sketched the corpus in {sketch_seconds:.1} s (full rank: {exact_seconds:.1} s); exact re-ranking, top-10/50/100 overlap with the exact ranking{}:",
+                            checked.map_or(String::new(), |c| format!(
+                                " (exact scores = the full-rank store's to {c:.1e})"
+                            ))
                         ));
+                        for r in &rows {
+                            let o: Vec<String> =
+                                r.overlap.iter().map(|(_, v)| format!("{v:.3}")).collect();
+                            log(format!(
+                                "  N = {:>4} ({:.1} % of the corpus per side): {} — {} documents re-scored in {:.1} s",
+                                r.n,
+                                100.0 * r.share,
+                                o.join(" / "),
+                                r.documents,
+                                r.seconds
+                            ));
+                        }
+                        let tag = if scoring.normalize { "-normalised" } else { "" };
+                        let path = out.join(format!("rerank-{name}{tag}.json"));
+                        std::fs::write(&path, serde_json::to_string_pretty(&rows)?)
+                            .with_context(|| format!("{}", path.display()))?;
                     }
-                    let path = out.join(format!("rerank-{name}.json"));
-                    std::fs::write(&path, serde_json::to_string_pretty(&rows)?)
-                        .with_context(|| format!("{}", path.display()))?;
                 }
                 let values: usize = store.run().layers.iter().map(|l| l.sketch_len()).sum();
                 let raw: usize = store
