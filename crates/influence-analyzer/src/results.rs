@@ -105,9 +105,10 @@ impl Analysis {
     }
 
     /// The report with each query's lists ranked by the exact scores of `reranked` (computed
-    /// from this analysis by [`crate::rerank()`]); every listed document carries both its sketch
-    /// and its exact score, and `score_per_nat` divides the exact one. The lists hold at most
-    /// the query's candidates.
+    /// from this analysis by [`crate::rerank()`]): the top list is the N candidates of highest
+    /// exact score, then sketch order beyond them ([`Reranked::merged_top`]), the bottom list
+    /// likewise from the lowest. A re-scored document carries both its sketch and its exact
+    /// score, and `score_per_nat` divides the exact one.
     pub fn report_reranked(&self, reranked: &Reranked, top_k: usize, bottom_k: usize) -> Report {
         self.report_with(top_k, bottom_k, Some(reranked))
     }
@@ -133,7 +134,7 @@ impl Analysis {
                         .collect()
                 };
                 let (top, bottom) = match exact {
-                    Some(r) => (r.top(q, top_k), r.bottom(q, bottom_k)),
+                    Some(r) => (r.merged_top(s, q, top_k), r.merged_bottom(s, q, bottom_k)),
                     None => (s.top(q, top_k), s.bottom(q, bottom_k)),
                 };
                 QueryResult {
