@@ -62,6 +62,17 @@ pub enum AnalyzerError {
         /// What failed.
         message: String,
     },
+    /// An external score matrix is malformed ([`crate::ExternalScores::read`]) or lacks a
+    /// query's column.
+    #[error("{}: {location}: {message}", path.display())]
+    Scores {
+        /// The score file.
+        path: PathBuf,
+        /// Where: the column and row, the header, or the metadata key.
+        location: String,
+        /// What is wrong.
+        message: String,
+    },
     /// A device computation failed.
     #[error("device: {0}")]
     Device(String),

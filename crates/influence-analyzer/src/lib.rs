@@ -30,11 +30,14 @@
 //! The post-hoc path ([`sketch_corpus`]) writes a store of the same format for a corpus at one
 //! checkpoint; [`TokenScorer`] splits a document's score over its tokens; [`rerank()`] scores
 //! each query's top and bottom candidates again with their exact gradients.
+//! [`ExternalScores`] reads a score matrix computed by another tool (Arrow or CSV) into an
+//! [`Analysis`], so the same reports run on it.
 
 mod analyze;
 mod config;
 pub mod device;
 mod error;
+mod external;
 mod posthoc;
 pub mod query;
 mod rerank;
@@ -45,6 +48,7 @@ mod task;
 pub use analyze::{Analysis, Progress, analyze, prepare_queries, windows};
 pub use config::ScoreConfig;
 pub use error::{AnalyzerError, TaskError};
+pub use external::{EXTERNAL_LAYER, ExternalScores, NATS_METADATA, SCORE_PREFIX};
 pub use influence_ekfac::{Damping, Strategy};
 pub use posthoc::{SketchSummary, TokenInfluence, TokenScorer, sketch_corpus};
 pub use query::{PreparedQueries, QueryGradients, read_queries};

@@ -12,6 +12,11 @@
 //!    and the token-wise split of each query's top documents;
 //! 4. writes tables, figures and one HTML page with `influence_report`.
 //!
+//! With `--scores FILE` (a score matrix computed by another tool, read by
+//! [`influence_analyzer::ExternalScores`]) there is no store and no model: steps 1 and 2 are
+//! replaced by the file's scores of the queries' reference completions, the answer search
+//! reads the file's `text` column, and there are no token-wise highlights ([`run_scores`]).
+//!
 //! Query lines carry, besides `id`, `prompt` and `completion` (the reference), a `group`
 //! (`factual`, `reasoning`, `control`), a `task`, the final `answer` and the intermediate
 //! `steps` (see `examples/tiny-gpt/queries.jsonl`).
@@ -26,8 +31,8 @@ use influence_analyses as an;
 use influence_analyzer::device::DeviceName;
 use influence_analyzer::query::load_window_model;
 use influence_analyzer::{
-    Analysis, Document, Query, Reranked, ScoreConfig, Scores, Task, TokenScorer, read_queries,
-    windows,
+    Analysis, Document, ExternalScores, NATS_METADATA, Query, Reranked, ScoreConfig, Scores, Task,
+    TokenScorer, read_queries, windows,
 };
 use influence_report as rp;
 use influence_store::Store;
@@ -42,8 +47,14 @@ use crate::{
 #[derive(Args, Debug)]
 pub struct ReportArgs {
     /// A store directory; repeat for several runs (e.g. two model sizes on the same corpus).
-    #[arg(long = "store", required = true)]
+    #[arg(long = "store", required_unless_present = "scores")]
     pub stores: Vec<PathBuf>,
+    /// A score matrix computed by another tool (kronfluence, …) instead of a store: documents ×
+    /// queries as Arrow IPC (.arrow, .ipc, .feather) or CSV, columns doc_id, source, text,
+    /// score:<query id> (docs/format.md, "External score matrices"). No model is loaded: the
+    /// queries' reference completions are what the file scores.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["stores", "models", "rerank"])]
+    pub scores: Option<PathBuf>,
     /// A name for each run, in --store order (default: the store's parent directory name).
     #[arg(long = "name")]
     pub names: Vec<String>,
@@ -267,8 +278,11 @@ pub fn completions_to_score(
     Ok((out, meta))
 }
 
-/// Runs `influence report`.
+/// Runs `influence report` (for `--scores`, [`run_scores`]: no task is loaded).
 pub fn run<T: Task>(a: &ReportArgs, load: &impl Fn(&Path) -> Result<T>) -> Result<()> {
+    if a.scores.is_some() {
+        return run_scores(a);
+    }
     if !a.names.is_empty() && a.names.len() != a.stores.len() {
         bail!(
             "--name given {} times for {} --store: name every run or none",
@@ -302,9 +316,73 @@ pub fn run<T: Task>(a: &ReportArgs, load: &impl Fn(&Path) -> Result<T>) -> Resul
             &name, &task, &store, &queries, &config, &device, a,
         )?);
     }
+    write_report(a, notes(a, &config), runs)
+}
+
+/// Runs `influence report --scores FILE`: the analyses and the page of a score matrix computed
+/// by another tool ([`ExternalScores`]), for the queries' reference completions, with no store
+/// and no model (so no generated answers, no token-wise highlights, no re-ranking).
+pub fn run_scores(a: &ReportArgs) -> Result<()> {
+    let path = a
+        .scores
+        .as_deref()
+        .context("run_scores needs --scores FILE")?;
+    if a.names.len() > 1 {
+        bail!(
+            "--name given {} times with --scores: one score file is one run",
+            a.names.len()
+        );
+    }
+    if a.top_n.is_empty() || a.top_n.contains(&0) {
+        bail!("--top-n: give one or more N ≥ 1");
+    }
+    let queries = read_queries(&a.queries)?;
+    let ext = ExternalScores::read(path)?;
+    let (scored, meta) = completions_to_score(&queries, |_| Ok(None))?;
+    let analysis = ext.analysis(&scored)?;
+    let corpus: HashMap<u64, Document> = ext.documents().into_iter().map(|d| (d.id, d)).collect();
+    let name = match a.names.first() {
+        Some(n) => n.clone(),
+        None => path.file_stem().map_or_else(
+            || path.display().to_string(),
+            |s| s.to_string_lossy().into_owned(),
+        ),
+    };
+    println!(
+        "\n== {name}: {} ({} documents × {} completions)",
+        path.display(),
+        analysis.scores.docs.len(),
+        scored.len()
+    );
+    let results = Results::compute(&analysis, &meta, &corpus, &a.top_n, None)?;
+    results.print_headline(&name);
+    let origin = Origin::External { path };
+    let section = results.section(
+        &name,
+        &origin,
+        &analysis,
+        &meta,
+        &corpus,
+        &TokenTable::new(),
+        a,
+    )?;
+    let unknown_nats = scored.iter().filter(|q| !ext.nats_known(q)).count();
+    let no_text = ext
+        .texts
+        .iter()
+        .filter(|t| t.as_deref().unwrap_or("").is_empty())
+        .count();
+    write_report(
+        a,
+        external_notes(a, path, unknown_nats, scored.len(), no_text),
+        vec![section],
+    )
+}
+
+fn write_report(a: &ReportArgs, notes: Vec<String>, runs: Vec<rp::RunSection>) -> Result<()> {
     let data = rp::ReportData {
         title: "Which training documents shaped the answers".into(),
-        notes: notes(a, &config),
+        notes,
         runs,
     };
     let files = rp::write_report(&data, &a.out)?;
@@ -348,6 +426,58 @@ fn notes(a: &ReportArgs, config: &ScoreConfig) -> Vec<String> {
         ),
         "Ruis et al. (2024), Procedural Knowledge in Pretraining Drives Reasoning in Large Language Models: factual answers are found in the top documents far more often than reasoning steps (7B: 55 % vs 7.4 %); same-task reasoning queries have strongly correlated influence (up to 0.96) while factual queries do not (mean ≈ 0.06).".into(),
     ]
+}
+
+fn external_notes(
+    a: &ReportArgs,
+    path: &Path,
+    unknown_nats: usize,
+    completions: usize,
+    no_text: usize,
+) -> Vec<String> {
+    let mut notes = vec![
+        format!(
+            "Scores read from {}, computed by another tool; the analyses take its sign as burn-influence's (positive: training on the document made the completion more likely). No model was loaded: the queries' reference completions are what is scored, none is generated or graded.",
+            path.display()
+        ),
+        format!(
+            "Answer search looks in each completion's top {} documents (by the file's scores) for the answer (factual) or every intermediate result (reasoning), as Ruis et al. (2024) do with N = 500; it reads the file's text column{}.",
+            a.top_n
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(" and "),
+            if no_text > 0 {
+                format!(" ({no_text} documents have no text there and count as empty)")
+            } else {
+                String::new()
+            }
+        ),
+    ];
+    if unknown_nats > 0 {
+        notes.push(format!(
+            "−log p(completion | prompt) of {unknown_nats} of {completions} completions is neither in the file's {NATS_METADATA} metadata nor a nats field of the query line: taken as 1, so their per-nat quantities are the plain scores."
+        ));
+    }
+    if a.token_wise > 0 {
+        notes.push(
+            "Token-wise highlights need the model's gradients and are not shown for external scores.".into(),
+        );
+    }
+    notes.push("Per-layer shares: the file gives one total per document, shown as the single layer \"external\".".into());
+    notes.push("Ruis et al. (2024), Procedural Knowledge in Pretraining Drives Reasoning in Large Language Models: factual answers are found in the top documents far more often than reasoning steps (7B: 55 % vs 7.4 %); same-task reasoning queries have strongly correlated influence (up to 0.96) while factual queries do not (mean ≈ 0.06).".into());
+    notes
+}
+
+/// Where a run's scores come from, for its summary.
+enum Origin<'a> {
+    /// Scored here from a store.
+    Store(&'a Store),
+    /// Read from a file another tool wrote.
+    External {
+        /// The score file.
+        path: &'a Path,
+    },
 }
 
 /// Everything one run contributes to the report.
@@ -406,7 +536,15 @@ fn analyse_run<T: Task>(
     let results = Results::compute(&analysis, &meta, &corpus, &a.top_n, reranked)?;
     let tokens = token_wise(task, store, &analysis, &results, &corpus, a, device)?;
     results.print_headline(name);
-    results.section(name, store, &analysis, &meta, &corpus, &tokens, a)
+    results.section(
+        name,
+        &Origin::Store(store),
+        &analysis,
+        &meta,
+        &corpus,
+        &tokens,
+        a,
+    )
 }
 
 /// Token-wise scores of each scored completion's top documents: doc id → per completion.
@@ -670,7 +808,7 @@ impl Results {
     fn section(
         &self,
         name: &str,
-        store: &Store,
+        origin: &Origin<'_>,
         analysis: &Analysis,
         meta: &[Scored],
         corpus: &HashMap<u64, Document>,
@@ -679,42 +817,57 @@ impl Results {
     ) -> Result<rp::RunSection> {
         let s = &analysis.scores;
         let nats = analysis.nats();
-        let m = store.manifest();
-        let summary = vec![
-            ("documents".to_string(), s.docs.len().to_string()),
-            ("sketch rows".into(), s.stats.rows.to_string()),
-            ("tracked layers".into(), s.layers.len().to_string()),
-            ("windows scored".into(), analysis.prepared.len().to_string()),
-            (
-                "training steps".into(),
-                m.windows.last().map_or(0, |w| w.last_step + 1).to_string(),
-            ),
-            (
-                "model answers correct".into(),
-                format!(
-                    "{}/{}",
-                    meta.iter()
-                        .filter(|m| m.kind == "model" && m.correct == Some(true))
-                        .count(),
-                    meta.iter().filter(|m| m.kind == "model").count()
+        let summary = match origin {
+            Origin::Store(store) => vec![
+                ("documents".to_string(), s.docs.len().to_string()),
+                ("sketch rows".into(), s.stats.rows.to_string()),
+                ("tracked layers".into(), s.layers.len().to_string()),
+                ("windows scored".into(), analysis.prepared.len().to_string()),
+                (
+                    "training steps".into(),
+                    store
+                        .manifest()
+                        .windows
+                        .last()
+                        .map_or(0, |w| w.last_step + 1)
+                        .to_string(),
                 ),
-            ),
-            (
-                "scoring time".into(),
-                format!("{:.1} s", s.stats.wall_seconds),
-            ),
-            (
-                "top documents ranked by".into(),
-                match &self.reranked {
-                    Some(r) => format!(
-                        "exact score (top and bottom {} by sketch score re-ranked; {})",
-                        r.stats.per_side,
-                        r.stats.summary()
+                (
+                    "model answers correct".into(),
+                    format!(
+                        "{}/{}",
+                        meta.iter()
+                            .filter(|m| m.kind == "model" && m.correct == Some(true))
+                            .count(),
+                        meta.iter().filter(|m| m.kind == "model").count()
                     ),
-                    None => "sketch score".into(),
-                },
-            ),
-        ];
+                ),
+                (
+                    "scoring time".into(),
+                    format!("{:.1} s", s.stats.wall_seconds),
+                ),
+                (
+                    "top documents ranked by".into(),
+                    match &self.reranked {
+                        Some(r) => format!(
+                            "exact score (top and bottom {} by sketch score re-ranked; {})",
+                            r.stats.per_side,
+                            r.stats.summary()
+                        ),
+                        None => "sketch score".into(),
+                    },
+                ),
+            ],
+            Origin::External { path } => vec![
+                ("documents".to_string(), s.docs.len().to_string()),
+                ("completions scored".into(), s.queries.to_string()),
+                (
+                    "scores".into(),
+                    format!("{} (another tool)", path.display()),
+                ),
+                ("top documents ranked by".into(), "the file's score".into()),
+            ],
+        };
         let correlation = rp::Heatmap {
             labels: self.primary.iter().map(|&i| meta[i].label()).collect(),
             groups: self
