@@ -6,11 +6,13 @@
 //! * [`model`]: the GPT, every Linear a `TrackedLinear`;
 //! * [`train`]: the hand-written loop; [`learner`]: the same with burn-train's `Learner`;
 //! * [`validate`]: retraining on subsets of the corpus, LDS, top-k removal and the price of
-//!   sketching (`docs/accuracy.md`).
+//!   sketching (`docs/accuracy.md`); [`kronfluence`]: the export for the comparison with
+//!   kronfluence, and our side of it.
 
 pub mod corpus;
 pub mod data;
 pub mod facts;
+pub mod kronfluence;
 pub mod learner;
 pub mod model;
 pub mod reranking;

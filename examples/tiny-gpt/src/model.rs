@@ -196,6 +196,81 @@ fn sample_labels(logits: Tensor<3>, seed: u64) -> Tensor<2, Int> {
     (logits + noise).argmax(2).reshape([b, s])
 }
 
+/// One named parameter tensor, laid out as PyTorch lays it out (row-major, Linear weights as
+/// `[d_out, d_in]`), for exporting the model to another framework.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NamedTensor {
+    /// PyTorch-style name, e.g. `blocks.0.attn.qkv.weight`.
+    pub name: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Values, row-major.
+    pub values: Vec<f32>,
+}
+
+fn named(name: String, t: Tensor<2>, transpose: bool) -> anyhow::Result<NamedTensor> {
+    let t = if transpose { t.transpose() } else { t };
+    let shape = t.dims().to_vec();
+    let values = t
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("reading parameter {name}: {e:?}"))?;
+    Ok(NamedTensor {
+        name,
+        shape,
+        values,
+    })
+}
+
+fn named_1d(name: String, t: Tensor<1>) -> anyhow::Result<NamedTensor> {
+    let [n] = t.dims();
+    let mut out = named(name, t.reshape([1, n]), false)?;
+    out.shape = vec![n];
+    Ok(out)
+}
+
+impl Gpt {
+    /// Every parameter under its PyTorch-style name (`tok.weight`, `blocks.{i}.ln1.weight`,
+    /// `blocks.{i}.attn.qkv.weight`, …, `head.bias`): Linear weights transposed to PyTorch's
+    /// `[d_out, d_in]`. `tools/kronfluence/replica.py` loads exactly these names.
+    pub fn named_tensors(&self) -> anyhow::Result<Vec<NamedTensor>> {
+        let mut out = vec![
+            named("tok.weight".into(), self.tok.weight.val(), false)?,
+            named("pos.weight".into(), self.pos.weight.val(), false)?,
+        ];
+        let norm = |out: &mut Vec<NamedTensor>, name: &str, ln: &LayerNorm| {
+            out.push(named_1d(format!("{name}.weight"), ln.gamma.val())?);
+            if let Some(b) = &ln.beta {
+                out.push(named_1d(format!("{name}.bias"), b.val())?);
+            }
+            anyhow::Ok(())
+        };
+        let linear = |out: &mut Vec<NamedTensor>, name: &str, l: &TrackedLinear| {
+            out.push(named(
+                format!("{name}.weight"),
+                l.linear.weight.val(),
+                true,
+            )?);
+            if let Some(b) = &l.linear.bias {
+                out.push(named_1d(format!("{name}.bias"), b.val())?);
+            }
+            anyhow::Ok(())
+        };
+        for (i, blk) in self.blocks.iter().enumerate() {
+            norm(&mut out, &format!("blocks.{i}.ln1"), &blk.ln1)?;
+            linear(&mut out, &format!("blocks.{i}.attn.qkv"), &blk.attn.qkv)?;
+            linear(&mut out, &format!("blocks.{i}.attn.out"), &blk.attn.out)?;
+            norm(&mut out, &format!("blocks.{i}.ln2"), &blk.ln2)?;
+            linear(&mut out, &format!("blocks.{i}.mlp.fc1"), &blk.mlp.fc1)?;
+            linear(&mut out, &format!("blocks.{i}.mlp.fc2"), &blk.mlp.fc2)?;
+        }
+        norm(&mut out, "ln_f", &self.ln_f)?;
+        linear(&mut out, "head", &self.head)?;
+        Ok(out)
+    }
+}
+
 impl FitLoss<LmBatch> for Gpt {
     fn fit_loss(&self, batch: &LmBatch, labels: FitLabels) -> Tensor<1> {
         self.loss(batch, labels).0

@@ -641,7 +641,32 @@ fn hooked_store(
     Ok((Store::open(dir)?, report.model, loss))
 }
 
-fn posthoc_store(
+/// The fit settings of the exact reference: factors from every step, `Λ` from every document
+/// (a reservoir larger than any corpus here).
+pub fn exact_fit(hook: &HookConfig) -> HookConfig {
+    hook.clone().factor_every(1).fit_batches(10_000)
+}
+
+/// The exact reference at `checkpoint`, written to `dir`: every document's full-rank gradient
+/// (f32), with EK-FAC factors fitted on the whole corpus at that checkpoint and `Λ` from every
+/// document ([`exact_fit`]).
+pub fn exact_store(
+    task: &GptTask,
+    checkpoint: &Path,
+    dir: &Path,
+    hook: &HookConfig,
+) -> Result<Store> {
+    posthoc_store(
+        task,
+        checkpoint,
+        dir,
+        exact_fit(hook).projection(ProjectionKind::Identity),
+        SketchDtype::F32,
+    )
+}
+
+/// Sketches `task`'s corpus at `checkpoint` into a new store at `dir` (removed first).
+pub fn posthoc_store(
     task: &GptTask,
     checkpoint: &Path,
     dir: &Path,
@@ -879,20 +904,9 @@ pub fn run_study(
     }
 
     // 2. Exact gradients at the final checkpoint.
-    let fit = config
-        .train
-        .hook
-        .clone()
-        .factor_every(1)
-        .fit_batches(10_000);
+    let fit = exact_fit(&config.train.hook);
     let t = Instant::now();
-    let exact_store = posthoc_store(
-        &task,
-        &ckpt,
-        &out.join("exact"),
-        fit.clone().projection(ProjectionKind::Identity),
-        SketchDtype::F32,
-    )?;
+    let exact_store = exact_store(&task, &ckpt, &out.join("exact"), &config.train.hook)?;
     let exact_seconds = t.elapsed().as_secs_f64();
     let exact = score_matrix(&task, &exact_store, &queries, &plain, &ids)?;
     for (name, strategy) in [("KFAC", Strategy::Kfac), ("identity", Strategy::Identity)] {
