@@ -66,6 +66,29 @@ struct Raw {
     nats: Option<HashMap<String, f64>>,
 }
 
+impl Raw {
+    /// Empty columns for a file with (or without) `text` and `rows` columns and these score
+    /// columns.
+    fn new(
+        text: bool,
+        rows: bool,
+        score_cols: &[(usize, String)],
+        nats: Option<HashMap<String, f64>>,
+    ) -> Self {
+        Self {
+            ids: Vec::new(),
+            sources: Vec::new(),
+            texts: text.then(Vec::new),
+            rows: rows.then(Vec::new),
+            scores: score_cols
+                .iter()
+                .map(|(_, q)| (q.clone(), Vec::new()))
+                .collect(),
+            nats,
+        }
+    }
+}
+
 impl ExternalScores {
     /// Reads a score matrix: `.arrow`, `.ipc` or `.feather` (Arrow IPC file, compressed or
     /// not) or `.csv` (a header line, RFC 4180 quoting). Errors name the file, the column and
@@ -299,17 +322,7 @@ fn read_arrow(path: &Path) -> Result<Raw, AnalyzerError> {
     let rows_col = find("rows");
     let score_cols: Vec<(usize, String)> = score_columns(&names);
 
-    let mut raw = Raw {
-        ids: Vec::new(),
-        sources: Vec::new(),
-        texts: text_col.map(|_| Vec::new()),
-        rows: rows_col.map(|_| Vec::new()),
-        scores: score_cols
-            .iter()
-            .map(|(_, q)| (q.clone(), Vec::new()))
-            .collect(),
-        nats,
-    };
+    let mut raw = Raw::new(text_col.is_some(), rows_col.is_some(), &score_cols, nats);
     let mut offset = 0;
     for batch in &batches {
         let col = |i: usize| Column {
@@ -502,17 +515,7 @@ fn read_csv(path: &Path) -> Result<Raw, AnalyzerError> {
     let text_col = find("text");
     let rows_col = find("rows");
     let score_cols = score_columns(&names);
-    let mut raw = Raw {
-        ids: Vec::new(),
-        sources: Vec::new(),
-        texts: text_col.map(|_| Vec::new()),
-        rows: rows_col.map(|_| Vec::new()),
-        scores: score_cols
-            .iter()
-            .map(|(_, q)| (q.clone(), Vec::new()))
-            .collect(),
-        nats: None,
-    };
+    let mut raw = Raw::new(text_col.is_some(), rows_col.is_some(), &score_cols, None);
     for (r, record) in reader.records().enumerate() {
         let record = record.map_err(|e| csv_error(path, e))?;
         let line = record.position().map_or(0, |p| p.line());

@@ -30,6 +30,25 @@ fn args(line: &[&str]) -> Result<ReportArgs, clap::Error> {
     }
 }
 
+/// `report --scores SCORES --queries QUERIES --out OUT`, then `extra`.
+fn scores_args(
+    scores: &Path,
+    queries: &Path,
+    out: &Path,
+    extra: &[&str],
+) -> Result<ReportArgs, clap::Error> {
+    let paths = [
+        "--scores",
+        scores.to_str().expect("utf-8"),
+        "--queries",
+        queries.to_str().expect("utf-8"),
+        "--out",
+        out.to_str().expect("utf-8"),
+    ];
+    let line: Vec<&str> = paths.iter().chain(extra).copied().collect();
+    args(&line)
+}
+
 fn json(path: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(path).expect("read report.json");
     serde_json::from_str(&text).expect("report.json is JSON")
@@ -43,17 +62,8 @@ fn a_csv_score_matrix_gets_the_whole_report() {
     let out = dir.path().join("report");
     std::fs::write(&scores, SCORES).expect("scores");
     std::fs::write(&queries, QUERIES).expect("queries");
-    let a = args(&[
-        "--scores",
-        scores.to_str().expect("utf-8"),
-        "--queries",
-        queries.to_str().expect("utf-8"),
-        "--out",
-        out.to_str().expect("utf-8"),
-        "--top-n",
-        "2,1",
-    ])
-    .expect("--store is not needed with --scores");
+    let a = scores_args(&scores, &queries, &out, &["--top-n", "2,1"])
+        .expect("--store is not needed with --scores");
     influence_cli::report::run_scores(&a).expect("report");
 
     let html = std::fs::read_to_string(out.join("index.html")).expect("index.html");
@@ -134,15 +144,7 @@ fn a_query_missing_from_the_file_is_named() {
     std::fs::write(&scores, "doc_id,source,score:peru\n1,a,0.5\n2,b,0.25\n").expect("scores");
     std::fs::write(&queries, QUERIES).expect("queries");
     let out = dir.path().join("out");
-    let a = args(&[
-        "--scores",
-        scores.to_str().expect("utf-8"),
-        "--queries",
-        queries.to_str().expect("utf-8"),
-        "--out",
-        out.to_str().expect("utf-8"),
-    ])
-    .expect("args");
+    let a = scores_args(&scores, &queries, &out, &[]).expect("args");
     let e = format!(
         "{:#}",
         influence_cli::report::run_scores(&a).expect_err("missing")
