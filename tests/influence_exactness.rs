@@ -991,6 +991,32 @@ fn reranked_scores_equal_autodiff_exact_scores_over_windows() {
                 "query {q}: ranked by exact score"
             );
         }
+        // The full re-ranking restricted to n = 2 is the re-ranking at n = 2: the same
+        // candidates, stats and (up to f32 batching differences) exact scores.
+        let restricted = r.restrict(&a.scores, 2).expect("restrict");
+        assert_eq!(restricted.docs, small.docs);
+        assert_eq!(
+            (restricted.stats.per_side, restricted.stats.documents),
+            (small.stats.per_side, small.stats.documents)
+        );
+        assert_eq!(
+            (restricted.stats.windows, restricted.stats.gradients),
+            (small.stats.windows, small.stats.gradients)
+        );
+        let e = max_rel(&restricted.exact, &small.exact);
+        assert!(e < 1e-5, "restricted vs re-ranked at n = 2: {e:.2e}");
+        for q in 0..g.queries.len() {
+            let mut a_set = restricted.top(q, 4);
+            let mut b_set = small.top(q, 4);
+            a_set.sort_unstable();
+            b_set.sort_unstable();
+            assert_eq!(a_set, b_set, "query {q}: restricted candidates");
+        }
+        for bad in [0, n_docs + 1] {
+            let err = r.restrict(&a.scores, bad).expect_err("n out of range");
+            assert!(err.to_string().contains("1 ≤ n ≤"), "{err}");
+        }
+        assert!(small.restrict(&a.scores, 3).is_err(), "cannot widen");
     }
     let a = analyze(&g.task, &store, &g.queries, &plain, &device, &mut |_| {}).expect("analyze");
     let err = influence_analyzer::rerank(
@@ -1008,4 +1034,71 @@ fn reranked_scores_equal_autodiff_exact_scores_over_windows() {
         err.to_string().contains("not in the task's corpus"),
         "{err}"
     );
+}
+
+/// `verify_checkpoints` loads every window checkpoint of a training-time store and checks that
+/// each parameter is finite; a checkpoint with one NaN weight, or one cut short, is an error
+/// naming the file and window (and the parameter, for the NaN) — the checks a re-signed
+/// manifest cannot catch.
+#[test]
+fn verify_checkpoints_names_a_nan_parameter_and_a_truncated_file() {
+    use burn::module::{ModuleMapper, Param};
+    let dir = tempfile::tempdir().expect("tmp");
+    let g = gpt_with(Some(dir.path()));
+    let store = Store::open(dir.path()).expect("open");
+    let device = cpu();
+    let ok = influence_analyzer::verify_checkpoints(&g.task, &store, &device).expect("verify");
+    assert_eq!(ok.checkpoints, 3);
+    assert!(ok.parameters > 0 && ok.values > 0);
+
+    /// Sets the first value of the `n`-th float parameter (in visit order) to NaN.
+    struct Poison(usize);
+    impl ModuleMapper for Poison {
+        fn map_float<const D: usize>(
+            &mut self,
+            param: Param<burn::tensor::Tensor<D>>,
+        ) -> Param<burn::tensor::Tensor<D>> {
+            let hit = self.0 == 0;
+            self.0 = self.0.wrapping_sub(1);
+            if !hit {
+                return param;
+            }
+            param.map(|t| {
+                let shape = t.shape();
+                let mut v: Vec<f32> = t.to_data().convert::<f32>().to_vec().expect("f32");
+                v[0] = f32::NAN;
+                burn::tensor::Tensor::from_data(
+                    burn::tensor::TensorData::new(v, shape),
+                    &t.device(),
+                )
+            })
+        }
+    }
+    let path = store.checkpoint_path(1).expect("ckpt");
+    let (model, _) = load_window_model(&g.task, &store, 1, &device).expect("load");
+    model
+        .map(&mut Poison(2))
+        .save_file(path.with_extension(""))
+        .expect("save");
+    let err = influence_analyzer::verify_checkpoints(&g.task, &store, &device)
+        .expect_err("a NaN weight")
+        .to_string();
+    assert!(
+        err.contains("window-00001") && err.contains("window 1") && err.contains("1 NaN or ∞"),
+        "{err}"
+    );
+
+    let path = store.checkpoint_path(2).expect("ckpt");
+    let bytes = std::fs::read(&path).expect("read");
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).expect("truncate");
+    // Window 1 still fails first; restore it from window 0's checkpoint (finite) to reach 2.
+    std::fs::copy(
+        store.checkpoint_path(0).expect("ckpt"),
+        store.checkpoint_path(1).expect("ckpt"),
+    )
+    .expect("copy");
+    let err = influence_analyzer::verify_checkpoints(&g.task, &store, &device)
+        .expect_err("a truncated checkpoint")
+        .to_string();
+    assert!(err.contains("window-00002"), "{err}");
 }

@@ -17,6 +17,15 @@ pub enum AnalyzerError {
     /// The factor math failed.
     #[error("preconditioning: {0}")]
     Ekfac(#[from] influence_ekfac::EkfacError),
+    /// The factor math of one window and layer failed (a non-finite or non-positive damping
+    /// from bad factors, say).
+    #[error("{what}: preconditioning: {source}")]
+    Preconditioner {
+        /// The window and layer.
+        what: String,
+        /// The factor math's error.
+        source: influence_ekfac::EkfacError,
+    },
     /// The user's task failed.
     #[error("task ({what}): {source}")]
     Task {
@@ -73,6 +82,10 @@ pub enum AnalyzerError {
         /// What is wrong.
         message: String,
     },
+    /// A NaN or ∞ where a finite number is needed (a query gradient, a preconditioned query);
+    /// names the window, layer and query.
+    #[error("non-finite values: {0}")]
+    NonFinite(String),
     /// A device computation failed.
     #[error("device: {0}")]
     Device(String),

@@ -34,6 +34,7 @@
 //! [`Analysis`], so the same reports run on it.
 
 mod analyze;
+mod checkpoint;
 mod config;
 pub mod device;
 mod error;
@@ -46,6 +47,7 @@ pub mod scorer;
 mod task;
 
 pub use analyze::{Analysis, Progress, analyze, prepare_queries, windows};
+pub use checkpoint::{CheckpointReport, verify_checkpoints};
 pub use config::ScoreConfig;
 pub use error::{AnalyzerError, TaskError};
 pub use external::{EXTERNAL_LAYER, ExternalScores, NATS_METADATA, SCORE_PREFIX};

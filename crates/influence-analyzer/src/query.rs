@@ -277,7 +277,11 @@ pub fn prepare_with(
             }
             (_, s) => s,
         };
-        let pre = Preconditioner::new(lf, full_strategy, config.damping)?;
+        let named = |source| AnalyzerError::Preconditioner {
+            what: window_layer(),
+            source,
+        };
+        let pre = Preconditioner::new(lf, full_strategy, config.damping).map_err(named)?;
         let sub = match &lf.sketch_basis {
             Some(b) => {
                 if config.rank.is_some() {
@@ -291,11 +295,10 @@ pub fn prepare_with(
                     ));
                 }
                 check_basis(b, &window_layer(), d_out, d_in, spec.sketch_len())?;
-                Some(SubspacePreconditioner::new(
-                    lf,
-                    config.strategy,
-                    config.damping,
-                )?)
+                Some(
+                    SubspacePreconditioner::new(lf, config.strategy, config.damping)
+                        .map_err(named)?,
+                )
             }
             None => None,
         };
@@ -325,6 +328,15 @@ pub fn prepare_with(
         let mut pc = Vec::with_capacity(nq * d_out * d_in);
         for q in 0..nq {
             let g = &grads.grads[gi][q * d_out * d_in..(q + 1) * d_out * d_in];
+            if let Some(i) = g.iter().position(|v| !v.is_finite()) {
+                return Err(AnalyzerError::NonFinite(format!(
+                    "{}: the gradient of query #{q} (−log p = {}) has {} at item {i}: the \
+                     window's checkpoint gives a non-finite loss or gradient",
+                    window_layer(),
+                    grads.nats[q],
+                    g[i]
+                )));
+            }
             let mut x = pre.apply(g)?;
             if let Some(r) = config.rank {
                 x = low_rank(&x, d_out, d_in, r)?;
@@ -347,6 +359,19 @@ pub fn prepare_with(
                 sk.extend(project(
                     &x, d_out, d_in, &pg.values, spec.k_g, &pa.values, spec.k_a,
                 ));
+            }
+        }
+        for (what, v) in [("sketch", &sk), ("preconditioned gradient", &pc)] {
+            if let Some(i) = v.iter().position(|v| !v.is_finite()) {
+                let per = v.len() / nq.max(1);
+                return Err(AnalyzerError::NonFinite(format!(
+                    "{}: the {what} of query #{} is {} at item {}: the window's factors or \
+                     damping make the preconditioner overflow",
+                    window_layer(),
+                    i / per.max(1),
+                    v[i],
+                    i % per.max(1)
+                )));
             }
         }
         sketches.push(sk);

@@ -86,6 +86,8 @@ pub struct Reranked {
     pub stats: RerankStats,
     queries: usize,
     position: HashMap<usize, usize>,
+    /// The windows the analysis scored (those a re-score computes gradients in).
+    scored: Vec<u32>,
 }
 
 impl Reranked {
@@ -140,6 +142,70 @@ impl Reranked {
         out
     }
 
+    /// The re-ranking with `n` candidates per query and side, taken from this one's exact
+    /// scores without computing a gradient: equal to [`rerank`] with `n` on the same analysis
+    /// (exact scores do not depend on which other documents are candidates), so one pass with
+    /// a large `n` serves every smaller one — to read a ranking at several depths, or to measure
+    /// overlap against `n`. `scores` must be the scores this re-ranking was built from; `n` must
+    /// be at least 1 and at most [`RerankStats::per_side`]. The stats count what a pass at `n`
+    /// would compute (documents, windows and gradients from `scores`' row weights); `seconds`
+    /// is the time of this call.
+    pub fn restrict(&self, scores: &crate::Scores, n: usize) -> Result<Reranked, AnalyzerError> {
+        let start = Instant::now();
+        if n == 0 || n > self.stats.per_side {
+            return Err(AnalyzerError::argument(
+                "n",
+                format!(
+                    "restricting a re-ranking of {} candidates per side needs 1 ≤ n ≤ {}, not {n}",
+                    self.stats.per_side, self.stats.per_side
+                ),
+            ));
+        }
+        let nq = self.queries;
+        if scores.queries != nq || scores.docs.len() < self.docs.iter().max().map_or(0, |d| d + 1) {
+            return Err(AnalyzerError::Mismatch(
+                "restrict: the scores are not the ones this re-ranking was built from".into(),
+            ));
+        }
+        let (docs, position, own) = candidates(scores, nq, n);
+        let mut exact = Vec::with_capacity(docs.len() * nq);
+        let mut windows = std::collections::BTreeSet::new();
+        let mut gradients = 0;
+        for &d in &docs {
+            let p = *self.position.get(&d).ok_or_else(|| {
+                AnalyzerError::Mismatch(format!(
+                    "restrict: document {} is a candidate at n = {n} but was not re-scored; \
+                     are these the scores the re-ranking was built from?",
+                    scores.docs[d].id
+                ))
+            })?;
+            exact.extend_from_slice(&self.exact[p * nq..(p + 1) * nq]);
+            for &(w, _) in &scores.row_weights[d] {
+                if self.scored.contains(&w) {
+                    windows.insert(w);
+                    gradients += 1;
+                }
+            }
+        }
+        let ranking = rank_by_exact(own, &docs, &exact, nq);
+        let stats = RerankStats {
+            per_side: n,
+            documents: docs.len(),
+            windows: windows.len(),
+            gradients,
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        Ok(Reranked {
+            docs,
+            exact,
+            ranking,
+            stats,
+            queries: nq,
+            position,
+            scored: self.scored.clone(),
+        })
+    }
+
     /// Query `q`'s `k` candidates of lowest exact score, most negative first.
     pub fn bottom(&self, q: usize, k: usize) -> Vec<usize> {
         self.ranking[q]
@@ -180,23 +246,7 @@ pub fn rerank<T: Task>(
             "the analysis's scores and prepared queries disagree on the number of queries".into(),
         ));
     }
-    // Candidates: per query its top and bottom n, deduplicated within the query and globally.
-    let mut docs: Vec<usize> = Vec::new();
-    let mut position: HashMap<usize, usize> = HashMap::new();
-    let mut own: Vec<Vec<usize>> = Vec::with_capacity(nq);
-    for q in 0..nq {
-        let mut mine = Vec::new();
-        for d in scores.top(q, n).into_iter().chain(scores.bottom(q, n)) {
-            let p = *position.entry(d).or_insert_with(|| {
-                docs.push(d);
-                docs.len() - 1
-            });
-            if !mine.contains(&p) {
-                mine.push(p);
-            }
-        }
-        own.push(mine);
-    }
+    let (docs, position, own) = candidates(scores, nq, n);
     let by_id: HashMap<u64, &Document> = corpus.iter().map(|d| (d.id, d)).collect();
     let documents: Vec<&Document> = docs
         .iter()
@@ -353,18 +403,7 @@ pub fn rerank<T: Task>(
             )));
         }
     }
-    let ranking = own
-        .into_iter()
-        .enumerate()
-        .map(|(q, mut mine)| {
-            mine.sort_by(|&a, &b| {
-                exact[b * nq + q]
-                    .total_cmp(&exact[a * nq + q])
-                    .then(docs[a].cmp(&docs[b]))
-            });
-            mine
-        })
-        .collect();
+    let ranking = rank_by_exact(own, &docs, &exact, nq);
     let stats = RerankStats {
         per_side: n,
         documents: docs.len(),
@@ -380,5 +419,55 @@ pub fn rerank<T: Task>(
         stats,
         queries: nq,
         position,
+        scored: analysis.prepared.iter().map(|p| p.window).collect(),
     })
+}
+
+/// Per query its top and bottom `n` by sketch score, deduplicated within the query and across
+/// queries: the distinct candidates, each one's position among them, and each query's own
+/// candidates (positions).
+fn candidates(
+    scores: &crate::Scores,
+    nq: usize,
+    n: usize,
+) -> (Vec<usize>, HashMap<usize, usize>, Vec<Vec<usize>>) {
+    let mut docs: Vec<usize> = Vec::new();
+    let mut position: HashMap<usize, usize> = HashMap::new();
+    let mut own: Vec<Vec<usize>> = Vec::with_capacity(nq);
+    for q in 0..nq {
+        let mut mine = Vec::new();
+        for d in scores.top(q, n).into_iter().chain(scores.bottom(q, n)) {
+            let p = *position.entry(d).or_insert_with(|| {
+                docs.push(d);
+                docs.len() - 1
+            });
+            if !mine.contains(&p) {
+                mine.push(p);
+            }
+        }
+        own.push(mine);
+    }
+    (docs, position, own)
+}
+
+/// Each query's own candidates by exact score, highest first (ties by document index); a
+/// non-finite exact score is left out of the ranking (as the sketch scorer leaves its rows out).
+fn rank_by_exact(
+    own: Vec<Vec<usize>>,
+    docs: &[usize],
+    exact: &[f64],
+    nq: usize,
+) -> Vec<Vec<usize>> {
+    own.into_iter()
+        .enumerate()
+        .map(|(q, mut mine)| {
+            mine.retain(|&p| exact[p * nq + q].is_finite());
+            mine.sort_by(|&a, &b| {
+                exact[b * nq + q]
+                    .total_cmp(&exact[a * nq + q])
+                    .then(docs[a].cmp(&docs[b]))
+            });
+            mine
+        })
+        .collect()
 }

@@ -33,6 +33,9 @@ pub struct ScoreStats {
     pub rows: u64,
     /// Rows skipped because their window has no checkpoint/factors (an unfinished run).
     pub skipped_rows: u64,
+    /// Rows left out because they scored NaN or ∞ (a corrupt or overflowed sketch); logged
+    /// with document, window, step and layer.
+    pub nonfinite_rows: u64,
     /// Shards read.
     pub shards: usize,
     /// Bytes of the shards read (compressed, on disk).
@@ -101,6 +104,7 @@ impl Scores {
 }
 
 /// Indices of the `k` largest `value(i)` for `i < n`, largest first; ties broken by index.
+/// Non-finite values (NaN, ±∞) are never ranked: fewer than `k` come back when fewer are finite.
 pub fn top_k(n: usize, k: usize, value: impl Fn(usize) -> f64) -> Vec<usize> {
     use std::cmp::{Ordering, Reverse};
     use std::collections::BinaryHeap;
@@ -123,7 +127,11 @@ pub fn top_k(n: usize, k: usize, value: impl Fn(usize) -> f64) -> Vec<usize> {
     }
     let mut heap = BinaryHeap::with_capacity(k + 1);
     for i in 0..n {
-        heap.push(Reverse(Item(value(i), i)));
+        let v = value(i);
+        if !v.is_finite() {
+            continue;
+        }
+        heap.push(Reverse(Item(v, i)));
         if heap.len() > k {
             heap.pop();
         }
@@ -188,6 +196,7 @@ struct Accumulator {
     totals: Vec<f64>,
     per_layer: Vec<f64>,
     row_weights: Vec<Vec<(u32, f64)>>,
+    nonfinite_logged: usize,
 }
 
 impl Accumulator {
@@ -211,7 +220,9 @@ impl Accumulator {
     }
 
     /// `scores`: `rows × (layers · queries)`, layer-major within a row; `norms`: each row's
-    /// norm in the scoring metric when rows are normalised.
+    /// norm in the scoring metric when rows are normalised. A row with a non-finite score or
+    /// norm (a sketch that holds NaN or ∞, or overflows in the matmul) adds nothing — not even
+    /// its document — and is counted in the returned number and logged.
     fn add(
         &mut self,
         window: u32,
@@ -219,9 +230,29 @@ impl Accumulator {
         scores: &[f32],
         norms: Option<&[f32]>,
         lr_weighting: bool,
-    ) {
+    ) -> u64 {
         let (nq, nl) = (self.nq, self.nl);
+        let mut bad = 0;
         for r in 0..chunk.len() {
+            let row = &scores[r * nl * nq..(r + 1) * nl * nq];
+            let norm_ok = norms.is_none_or(|n| n[r].is_finite());
+            if !norm_ok || row.iter().any(|v| !v.is_finite()) {
+                bad += 1;
+                if self.nonfinite_logged < 20 {
+                    self.nonfinite_logged += 1;
+                    let layer = row
+                        .chunks(nq.max(1))
+                        .position(|l| l.iter().any(|v| !v.is_finite()));
+                    tracing::warn!(
+                        document = chunk.doc_ids[r],
+                        window,
+                        step = chunk.steps[r],
+                        layer = layer.map_or("(row norm)".to_owned(), |l| l.to_string()),
+                        "a stored row scores non-finite; it is left out of every ranking"
+                    );
+                }
+                continue;
+            }
             let d = self.doc(chunk.doc_ids[r], &chunk.sources[r]);
             let info = &mut self.docs[d];
             info.rows += 1;
@@ -241,7 +272,6 @@ impl Accumulator {
                 let n = f64::from(norms[r]);
                 w = if n > 0.0 { w / n } else { 0.0 };
             }
-            let row = &scores[r * nl * nq..(r + 1) * nl * nq];
             for l in 0..nl {
                 for q in 0..nq {
                     let v = w * f64::from(row[l * nq + q]);
@@ -250,6 +280,7 @@ impl Accumulator {
                 }
             }
         }
+        bad
     }
 }
 
@@ -343,6 +374,7 @@ pub fn score_store(
         totals: Vec::new(),
         per_layer: Vec::new(),
         row_weights: Vec::new(),
+        nonfinite_logged: 0,
     };
     let mut stats = ScoreStats {
         skipped_rows: skipped,
@@ -389,14 +421,15 @@ pub fn score_store(
                     Some(n) => Some(read(n.sqrt(), "row norms")?),
                     None => None,
                 };
-                acc.add(
+                let bad = acc.add(
                     shard.window,
                     &chunk,
                     &scores,
                     norms.as_deref(),
                     config.lr_weighting,
                 );
-                stats.rows += rows as u64;
+                stats.nonfinite_rows += bad;
+                stats.rows += rows as u64 - bad;
             }
             stats.shards += 1;
             stats.shard_bytes += shard.file.bytes;
@@ -491,6 +524,24 @@ pub fn sketch_fisher(
 #[cfg(test)]
 mod tests {
     use super::top_k;
+
+    /// NaN and ±∞ are never ranked, at the top or the bottom; ties go to the smaller index.
+    #[test]
+    fn top_k_skips_non_finite_values() {
+        let v = [
+            1.0,
+            f64::NAN,
+            3.0,
+            f64::INFINITY,
+            3.0,
+            f64::NEG_INFINITY,
+            -2.0,
+        ];
+        assert_eq!(top_k(v.len(), 3, |i| v[i]), vec![2, 4, 0]);
+        assert_eq!(top_k(v.len(), 2, |i| -v[i]), vec![6, 0]);
+        assert_eq!(top_k(v.len(), 10, |i| v[i]), vec![2, 4, 0, 6]);
+        assert!(top_k(3, 2, |_| f64::NAN).is_empty());
+    }
 
     #[test]
     fn top_k_is_sorted_and_breaks_ties_by_index() {

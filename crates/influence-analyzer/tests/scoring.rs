@@ -43,6 +43,11 @@ fn run() -> RunInfo {
 
 /// A store of 30 steps (3 windows) with 1–6 documents per step drawn from 40 ids.
 fn store(dir: &std::path::Path) -> (Store, Vec<SketchBatch>) {
+    store_with(dir, |_| {})
+}
+
+/// [`store`], each batch passed through `edit` before it is written (and returned).
+fn store_with(dir: &std::path::Path, edit: impl Fn(&mut SketchBatch)) -> (Store, Vec<SketchBatch>) {
     let run = run();
     let mut rng = StdRng::seed_from_u64(7);
     let config = StoreConfig {
@@ -58,7 +63,7 @@ fn store(dir: &std::path::Path) -> (Store, Vec<SketchBatch>) {
         let rows = rng.random_range(1..7usize);
         let mut ids: Vec<u64> = (0..40).collect();
         ids.shuffle(&mut rng);
-        let b = SketchBatch {
+        let mut b = SketchBatch {
             step,
             window: (step / WINDOW_STEPS) as u32,
             learning_rate: 0.01 / (1.0 + step as f64),
@@ -81,6 +86,7 @@ fn store(dir: &std::path::Path) -> (Store, Vec<SketchBatch>) {
                 })
                 .collect(),
         };
+        edit(&mut b);
         w.sketches(b.clone()).expect("sketches");
         batches.push(b);
     }
@@ -269,6 +275,53 @@ fn scorer_equals_brute_force_on_every_window_and_layer() {
         .map(|b| b.rows.len() as u64)
         .sum();
     assert_eq!(s.stats.rows, rows);
+}
+
+/// Rows whose sketches hold NaN or ∞ are left out of every score and ranking and counted; the
+/// rest score exactly as a store without them (plain and normalised). Without the check, the
+/// NaN row's document would score NaN and head every ranking (`total_cmp` orders NaN first).
+#[test]
+fn non_finite_rows_are_left_out_and_counted() {
+    let run = run();
+    // (step, layer, item, value): row 0 of three steps, in both layers, NaN and ±∞.
+    let poison: [(u64, usize, usize, f32); 3] = [
+        (3, 0, 0, f32::NAN),
+        (12, 1, 2, f32::INFINITY),
+        (25, 0, 5, f32::NEG_INFINITY),
+    ];
+    let dir = tempfile::tempdir().expect("tmp");
+    let (store, batches) = store_with(dir.path(), |b| {
+        for &(step, l, i, v) in &poison {
+            if b.step == step {
+                b.sketches[l][i] = v;
+            }
+        }
+    });
+    // The reference: the same batches without the poisoned rows.
+    let clean: Vec<SketchBatch> = batches
+        .iter()
+        .map(|b| {
+            let mut b = b.clone();
+            if poison.iter().any(|p| p.0 == b.step) {
+                b.rows.remove(0);
+                for (l, spec) in run.layers.iter().enumerate() {
+                    b.sketches[l].drain(..spec.sketch_len());
+                }
+            }
+            b
+        })
+        .collect();
+    let total: u64 = batches.iter().map(|b| b.rows.len() as u64).sum();
+    let prepared = prepared();
+    for normalize in [false, true] {
+        let config = ScoreConfig::default().normalize(normalize);
+        let s =
+            score_store(&store, &prepared, &config, &Device::flex(), &mut |_| {}).expect("score");
+        assert_eq!(s.stats.nonfinite_rows, 3, "normalize {normalize}");
+        assert_eq!(s.stats.rows, total - 3);
+        assert!(s.totals.iter().all(|v| v.is_finite()));
+        check(&s, &reference(&clean, &prepared, false, normalize));
+    }
 }
 
 /// The GPU path (burn's wgpu backend; Mesa's software Vulkan in CI) equals the CPU result.

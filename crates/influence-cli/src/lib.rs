@@ -221,6 +221,11 @@ pub struct InspectArgs {
     /// Print the manifest as JSON instead of a summary.
     #[arg(long)]
     pub json: bool,
+    /// With --verify: the model directory whose task loads the checkpoints, to check that each
+    /// loads and holds only finite parameters (default: the store's parent directory, when it
+    /// describes a model; otherwise checkpoints get their checksums checked only).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
 }
 
 /// Parses the command line and runs it; `load` builds the task from a model directory.
@@ -237,7 +242,7 @@ pub fn main_with<T: Task>(load: impl Fn(&Path) -> Result<T>) -> Result<()> {
 /// Runs a parsed command line.
 pub fn run<T: Task>(cli: Cli, load: impl Fn(&Path) -> Result<T>) -> Result<()> {
     match cli.command {
-        Command::Inspect(a) => inspect(&a),
+        Command::Inspect(a) => inspect(&a, &load),
         Command::Query(a) => {
             let (store, task) = open_store_and_task(&a.store, a.model.as_deref(), &load)?;
             query(&task, &store, &a)
@@ -482,6 +487,13 @@ fn query<T: Task>(task: &T, store: &Store, a: &QueryArgs) -> Result<()> {
         s.wall_seconds,
         s.rows as f64 / s.wall_seconds.max(1e-9)
     );
+    if s.nonfinite_rows > 0 {
+        println!(
+            "{} rows scored NaN or ∞ and are left out of every ranking (the log names them; \
+             check the store with influence inspect --verify)",
+            s.nonfinite_rows
+        );
+    }
     if report.ranking == "exact" {
         println!("ranked by exact score (sketch score in brackets)");
     }
@@ -621,7 +633,7 @@ fn sketch<T: Task>(task: &T, a: &SketchArgs) -> Result<()> {
     Ok(())
 }
 
-fn inspect(a: &InspectArgs) -> Result<()> {
+fn inspect<T: Task>(a: &InspectArgs, load: &impl Fn(&Path) -> Result<T>) -> Result<()> {
     let store = Store::open(&a.store)?;
     let m = store.manifest();
     if a.json {
@@ -708,6 +720,45 @@ fn inspect(a: &InspectArgs) -> Result<()> {
             r.checkpoints,
             r.bytes as f64 / 1e6
         );
+        if r.checkpoints > 0 {
+            // The checkpoints' contents need the model: load each one with the task.
+            let task = match &a.model {
+                Some(m) => Some(load(m).with_context(|| {
+                    format!("--model {}: loading the model description", m.display())
+                })?),
+                None => {
+                    let parent = a
+                        .store
+                        .canonicalize()
+                        .with_context(|| format!("--store {}", a.store.display()))?
+                        .parent()
+                        .map(Path::to_path_buf)
+                        .unwrap_or_default();
+                    match load(&parent) {
+                        Ok(t) => Some(t),
+                        Err(e) => {
+                            println!(
+                                "checkpoints: checksums only ({} does not describe a model: {e:#}; \
+                                 pass --model DIR to load them)",
+                                parent.display()
+                            );
+                            None
+                        }
+                    }
+                }
+            };
+            if let Some(task) = task {
+                let c = influence_analyzer::verify_checkpoints(
+                    &task,
+                    &store,
+                    &burn::tensor::Device::flex(),
+                )?;
+                println!(
+                    "checkpoints: {} loaded with the model, {} parameters ({} values) each finite",
+                    c.checkpoints, c.parameters, c.values
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -821,6 +821,10 @@ impl Results {
             Origin::Store(store) => vec![
                 ("documents".to_string(), s.docs.len().to_string()),
                 ("sketch rows".into(), s.stats.rows.to_string()),
+                (
+                    "rows left out (non-finite scores)".into(),
+                    s.stats.nonfinite_rows.to_string(),
+                ),
                 ("tracked layers".into(), s.layers.len().to_string()),
                 ("windows scored".into(), analysis.prepared.len().to_string()),
                 (

@@ -225,6 +225,11 @@ pub fn decode(
         }
         for r in 0..b.num_rows() {
             let layer = name.value(r).to_owned();
+            finite(
+                &[tpe.value(r)],
+                path,
+                &format!("tokens_per_example[{layer}]"),
+            )?;
             let (da, ds) = (d_a.value(r) as usize, d_s.value(r) as usize);
             let get = |i: usize, len: usize| -> Result<Option<Vec<f64>>, StoreError> {
                 let field = format!("{}[{layer}]", LISTS[i]);
@@ -248,6 +253,7 @@ pub fn decode(
                         format!("{} values, expected {len}", v.len()),
                     ));
                 }
+                finite(v.values(), path, &field)?;
                 Ok(Some(v.values().to_vec()))
             };
             let need = |i: usize, len: usize| {
@@ -283,6 +289,23 @@ pub fn decode(
         learning_rates: meta.learning_rates,
         layers,
     })
+}
+
+/// Every factor value must be finite: a NaN or ∞ (a buggy writer, a hand edit, an overflowed
+/// accumulation) is an error naming the file, the field with its layer, and the first bad item.
+fn finite(values: &[f64], path: &Path, field: &str) -> Result<(), StoreError> {
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(StoreError::invalid(
+            path,
+            field,
+            format!(
+                "item {i} of {} is {}: factor values must be finite",
+                values.len(),
+                values[i]
+            ),
+        )),
+    }
 }
 
 /// The sketch basis of row `r` (`None` when null, or in a store-version-1 file without the
@@ -333,6 +356,7 @@ fn decode_basis(
         if v.null_count() > 0 {
             return Err(StoreError::invalid(path, field(n), "null items"));
         }
+        finite(v.values(), path, &field(n))?;
         Ok(Some(v.values().to_vec()))
     };
     let coords = column::<ListArray>(b, "basis_coords", path)?;
@@ -437,5 +461,67 @@ mod tests {
         let broken = RecordBatch::try_new(b.schema(), cols).expect("batch");
         let err = decode(&broken.schema(), &[broken], path).expect_err("null coords");
         assert!(err.to_string().contains("basis_coords[fc]"), "{err}");
+    }
+
+    /// A NaN or ∞ anywhere in the factors, the eigen-decompositions, the corrected eigenvalues,
+    /// the basis or the token scale is an error naming the file, the field and its layer.
+    #[test]
+    fn non_finite_values_are_errors_naming_file_field_and_layer() {
+        let basis = SketchBasis {
+            from_window: 0,
+            k_a: 1,
+            k_g: 1,
+            p_a: vec![0.1, 0.2, 0.3],
+            p_g: vec![0.7, 0.8],
+            coords: vec![0],
+            second_moment: None,
+            rows: 9,
+        };
+        let path = Path::new("factors/window-00001.arrow");
+        type Poison = fn(&mut LayerFactors, f64);
+        let cases: [(&str, Poison); 8] = [
+            ("a[fc]", |l, v| l.a[4] = v),
+            ("s[fc]", |l, v| l.s[0] = v),
+            ("eig_a_values[fc]", |l, v| l.eig_a.values[2] = v),
+            ("eig_s_vectors[fc]", |l, v| l.eig_s.vectors[1] = v),
+            ("corrected[fc]", |l, v| {
+                if let Some(c) = l.corrected.as_mut() {
+                    c[5] = v
+                }
+            }),
+            ("basis_p_a[fc]", |l, v| {
+                if let Some(b) = l.sketch_basis.as_mut() {
+                    b.p_a[1] = v
+                }
+            }),
+            ("basis_p_g[fc]", |l, v| {
+                if let Some(b) = l.sketch_basis.as_mut() {
+                    b.p_g[0] = v
+                }
+            }),
+            ("tokens_per_example[fc]", |l, v| l.tokens_per_example = v),
+        ];
+        for (field, poison) in cases {
+            for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+                let mut r = record(Some(basis.clone()));
+                poison(&mut r.layers[0], bad);
+                let b = encode(&r).expect("encode");
+                let err =
+                    decode(&b.schema(), std::slice::from_ref(&b), path).expect_err("non-finite");
+                let msg = err.to_string();
+                assert!(
+                    msg.contains("window-00001.arrow")
+                        && msg.contains(field)
+                        && msg.contains("must be finite"),
+                    "{field} = {bad}: {msg}"
+                );
+            }
+        }
+        let ok = record(Some(basis));
+        let b = encode(&ok).expect("encode");
+        assert_eq!(
+            decode(&b.schema(), std::slice::from_ref(&b), path).expect("finite"),
+            ok
+        );
     }
 }

@@ -960,8 +960,11 @@ pub fn run_study(
                             &queries,
                             &scoring,
                             Some((&ids, &exact)),
-                            &config.rerank_ns,
-                            &ks,
+                            &crate::reranking::Sweep {
+                                ns: config.rerank_ns.clone(),
+                                ks: ks.to_vec(),
+                                timed: true,
+                            },
                         )?;
                         let what = if scoring.normalize {
                             "normalised rows"

@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release -p tiny-gpt --bin validate              # the full study (tables → OUT/study.md)
 //! cargo run --release -p tiny-gpt --bin validate -- --preset ci
+//! cargo run --release -p tiny-gpt --bin validate -- --rerank-run runs/tiny-gpt --out runs/rerank-run
 //! ```
 
 use std::path::PathBuf;
@@ -58,6 +59,18 @@ struct Args {
     /// nothing else.
     #[arg(long, value_name = "STUDY_JSON", conflicts_with_all = ["plan", "retrain"])]
     render: Option<PathBuf>,
+    /// Measure exact re-ranking on a finished run instead (e.g. the main command's
+    /// runs/tiny-gpt): top-10/50/100 overlap with the exact ranking over the whole corpus
+    /// against N, to OUT/rerank-run.md and .json, and nothing else.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["plan", "retrain", "render"])]
+    rerank_run: Option<PathBuf>,
+    /// With --rerank-run: the values of N per query and side, as shares of the corpus.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "0.0025,0.005,0.01,0.025,0.05,0.1"
+    )]
+    rerank_shares: Vec<f64>,
 }
 
 fn main() -> Result<()> {
@@ -93,6 +106,20 @@ fn main() -> Result<()> {
             .with_context(|| format!("{}: invalid study results", path.display()))?;
         std::fs::write(args.out.join("study.md"), report.markdown())?;
         println!("{}", report.markdown());
+        return Ok(());
+    }
+    if let Some(run) = &args.rerank_run {
+        if let Some(bad) = args
+            .rerank_shares
+            .iter()
+            .find(|s| !(**s > 0.0 && **s <= 1.0))
+        {
+            anyhow::bail!("--rerank-shares: {bad} is not a share of the corpus in (0, 1]");
+        }
+        let queries = influence_analyzer::read_queries(&args.queries)?;
+        let table =
+            tiny_gpt::reranking::run_overlaps(run, &queries, &args.rerank_shares, &args.out, &log)?;
+        println!("{table}");
         return Ok(());
     }
     if let Some(path) = &args.retrain {
