@@ -1065,7 +1065,11 @@ fn verify_checkpoints_names_a_nan_parameter_and_a_truncated_file() {
             }
             param.map(|t| {
                 let shape = t.shape();
-                let mut v: Vec<f32> = t.to_data().convert::<f32>().to_vec().expect("f32");
+                let mut v: Vec<f32> = t
+                    .to_data()
+                    .convert::<f32>()
+                    .try_to_vec::<f32>()
+                    .expect("f32");
                 v[0] = f32::NAN;
                 burn::tensor::Tensor::from_data(
                     burn::tensor::TensorData::new(v, shape),

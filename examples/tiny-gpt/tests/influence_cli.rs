@@ -197,6 +197,10 @@ fn train_then_report_query_inspect_and_sketch() {
     ));
     assert!(ok, "{text}");
     assert!(text.contains("every checksum and decode OK"), "{text}");
+    assert!(
+        text.contains("checkpoints: 3 loaded with the model"),
+        "each window's checkpoint loaded by the task (the store's parent describes the model): {text}"
+    );
 
     // Post hoc at the final model, then query that store.
     let posthoc = dir.path().join("posthoc");
