@@ -1041,12 +1041,31 @@ fn reranked_scores_equal_autodiff_exact_scores_over_windows() {
 /// naming the file and window (and the parameter, for the NaN) — the checks a re-signed
 /// manifest cannot catch.
 #[test]
-fn verify_checkpoints_names_a_nan_parameter_and_a_truncated_file() {
+fn verify_checkpoints_names_a_nan_parameter_and_a_truncated_file_and_loss_reduction_is_checked() {
     use burn::module::{ModuleMapper, Param};
     let dir = tempfile::tempdir().expect("tmp");
-    let g = gpt_with(Some(dir.path()));
+    let mut g = gpt_with(Some(dir.path()));
     let store = Store::open(dir.path()).expect("open");
     let device = cpu();
+    // A task whose loss reduction is not the store's is refused, naming both and the field.
+    let written = g.task.config.hook.loss_reduction;
+    g.task.config.hook.loss_reduction = influence_core::LossReduction::Sum;
+    assert_ne!(written, influence_core::LossReduction::Sum);
+    let err = analyze(
+        &g.task,
+        &store,
+        &g.queries,
+        &ScoreConfig::default(),
+        &device,
+        &mut |_| {},
+    )
+    .expect_err("another loss reduction")
+    .to_string();
+    assert!(
+        err.contains("run.loss_reduction") && err.contains("Sum") && err.contains("MeanOverTokens"),
+        "{err}"
+    );
+    g.task.config.hook.loss_reduction = written;
     let ok = influence_analyzer::verify_checkpoints(&g.task, &store, &device).expect("verify");
     assert_eq!(ok.checkpoints, 3);
     assert!(ok.parameters > 0 && ok.values > 0);

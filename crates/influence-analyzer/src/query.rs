@@ -66,6 +66,15 @@ pub fn load_window_model<T: Task>(
     device: &Device,
 ) -> Result<(T::Model, Probe), AnalyzerError> {
     let run = store.run();
+    if run.loss_reduction != task.loss_reduction() {
+        return Err(AnalyzerError::Mismatch(format!(
+            "the store was written with loss reduction {:?} (manifest field \
+             run.loss_reduction), the task's is {:?}: its document gradients would not be \
+             scaled as the stored sketches and factors are",
+            run.loss_reduction,
+            task.loss_reduction()
+        )));
+    }
     let names: Vec<String> = run.layers.iter().map(|l| l.name.clone()).collect();
     let probe = Probe::new(&names);
     let path = store.checkpoint_path(window)?;
