@@ -475,3 +475,55 @@ fn eigenbasis_sketches_are_coordinates_of_exact_gradients_in_the_recorded_basis(
         (&lagged.coords, &lagged.p_a, &lagged.p_g)
     );
 }
+
+/// A padding-only batch (every position −1, no documents) leaves the factors, the token counts
+/// and the rows exactly as if the step had not been there, for every loss reduction (with the
+/// mean over tokens its loss is 0/0 and its gradients NaN): two full steps with an empty one
+/// between them give the factors of the two full steps.
+#[test]
+fn padding_only_batches_leave_factors_and_rows_as_if_absent() {
+    for reduction in [
+        LossReduction::Sum,
+        LossReduction::MeanOverTokens,
+        LossReduction::MeanOverSequences,
+    ] {
+        let run = |with_padding: bool| {
+            let steps = if with_padding { 3 } else { 2 };
+            let config = exact_config(reduction)
+                .window_steps(steps)
+                .factor_every(1)
+                .fit_batches(0);
+            let f = fixture(config);
+            for step in 0..steps {
+                let (mut it, mut sb) = batch(&f, reduction);
+                if with_padding && step == 1 {
+                    sb.doc_index = vec![-1; B * S];
+                    sb.docs.clear();
+                    it.w = Tensor::zeros([B, S, 1], &f.device);
+                    if reduction == LossReduction::MeanOverTokens {
+                        it.scale = f64::NAN; // 1 / 0 tokens, as a mean loss would divide
+                    }
+                }
+                f.hook.arm();
+                let mut grads = f.net.fit_loss(&it, FitLabels::Empirical).backward();
+                f.hook.capture(&mut grads, &sb, &it).expect("capture");
+                f.hook.end_step(0.1, &f.net).expect("end step");
+            }
+            f.hook.finish(&f.net).expect("finish");
+            f.sink.store().clone()
+        };
+        let (plain, padded) = (run(false), run(true));
+        assert_eq!(padded.rows(), plain.rows(), "{reduction:?}: rows");
+        assert_eq!(padded.windows.len(), 1);
+        let (p, q) = (&plain.windows[0].layers[0], &padded.windows[0].layers[0]);
+        assert_eq!(q.tokens, p.tokens, "{reduction:?}: factor tokens");
+        assert_eq!(q.tokens_per_example, p.tokens_per_example);
+        assert!(
+            rel_err(&q.a, &p.a) < 1e-6 && rel_err(&q.s, &p.s) < 1e-6,
+            "{reduction:?}: factors {} {}",
+            rel_err(&q.a, &p.a),
+            rel_err(&q.s, &p.s)
+        );
+        assert!(q.a.iter().chain(&q.s).all(|v| v.is_finite()));
+    }
+}

@@ -505,6 +505,21 @@ impl<B: Clone + Send + 'static> State<B> {
         let segs = Segments::new(batch, &device)?;
         let scale = scale_of(self.config.loss_reduction, batch, segs.valid.len());
         let captured = gradients(captures, grads, &self.names(), scale)?;
+        if segs.valid.is_empty() {
+            // Only padding (the probe's gradients are taken all the same): nothing to attribute
+            // and nothing to learn the curvature from. The step counts (its learning rate is
+            // recorded) but adds no rows, no factor tokens and no fit batch — as if the batch
+            // were absent. (Its gradients are zero, or NaN from a 0/0 mean, and
+            // `factor_tokens` would read "no tokens" as "every token".)
+            self.pending = Some(SketchBatch {
+                step: self.step,
+                window: self.window.index,
+                learning_rate: f64::NAN,
+                rows: Vec::new(),
+                sketches: vec![Vec::new(); self.layers.len()],
+            });
+            return Ok(());
+        }
 
         let in_window = self.step - self.window.first_step;
         let factor_step = self.config.factors && in_window.is_multiple_of(self.config.factor_every);
@@ -518,7 +533,9 @@ impl<B: Clone + Send + 'static> State<B> {
             self.window.factor_doc_tokens += segs.valid.len() as u64;
         }
 
-        if self.config.sketches && self.step == self.window.first_step {
+        // The first window's basis comes from its first batch that has tokens (a padding-only
+        // first step leaves it to the next); `warm_up_basis` skips layers that have one.
+        if self.config.sketches && self.layers.iter().any(|l| l.basis.is_none()) {
             self.warm_up_basis(&captured, &segs, &device)?;
         }
         let sketches = if self.config.sketches {
