@@ -377,6 +377,25 @@ fn bad_batches_and_call_order_are_reported() {
     let e = f.hook.finish(&f.net).expect_err("failed");
     assert!(e.to_string().contains("doc_index"), "{e}");
 
+    // A StepBatch that is not the batch the model ran on (its sequences are longer): the
+    // error names the layer and both shapes.
+    let f = fixture(exact_config(LossReduction::Sum));
+    let (it, mut sb) = batch(&f, LossReduction::Sum);
+    sb.batch_size = 2;
+    sb.seq_len = 6;
+    f.hook.arm();
+    let mut grads = f.net.fit_loss(&it, FitLabels::Empirical).backward();
+    let e = f
+        .hook
+        .capture(&mut grads, &sb, &it)
+        .expect_err("shape mismatch");
+    assert!(
+        e.to_string()
+            .contains("layer layer: its input is [3, 4, 5]")
+            && e.to_string().contains("2 × 6"),
+        "{e}"
+    );
+
     let f = fixture(exact_config(LossReduction::Sum));
     let (it, sb) = batch(&f, LossReduction::Sum);
     let mut grads = f.net.fit_loss(&it, FitLabels::Empirical).backward();

@@ -505,6 +505,23 @@ impl<B: Clone + Send + 'static> State<B> {
         let segs = Segments::new(batch, &device)?;
         let scale = scale_of(self.config.loss_reduction, batch, segs.valid.len());
         let captured = gradients(captures, grads, &self.names(), scale)?;
+        for (l, a, g) in &captured {
+            let spec = &self.layers[*l].spec;
+            let (b, t) = (batch.batch_size, batch.seq_len);
+            for (what, dims, d) in [
+                ("input", a.dims(), spec.d_in),
+                ("output gradient", g.dims(), spec.d_out),
+            ] {
+                if dims != [b, t, d] {
+                    return Err(HookError::Batch(format!(
+                        "layer {}: its {what} is {dims:?}, but the StepBatch says batch_size × \
+                         seq_len = {b} × {t} and the layer has {d} features: pass the StepBatch \
+                         of the batch the model ran on",
+                        spec.name
+                    )));
+                }
+            }
+        }
         if segs.valid.is_empty() {
             // Only padding (the probe's gradients are taken all the same): nothing to attribute
             // and nothing to learn the curvature from. The step counts (its learning rate is
