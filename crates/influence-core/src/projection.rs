@@ -192,6 +192,17 @@ mod tests {
         assert!(mean.abs() < 0.01, "{mean}");
     }
 
+    const GOLDEN_GAUSSIAN: [f32; 8] = [
+        0.016462076,
+        -1.0408995,
+        0.19184865,
+        -0.1981865,
+        -0.08146704,
+        -0.3296793,
+        -0.021606043,
+        0.09860898,
+    ];
+
     const GOLDEN_SIGNS: [i8; 8] = [1, 1, -1, -1, -1, -1, 1, 1];
 
     #[test]
@@ -210,6 +221,25 @@ mod tests {
         assert_eq!(signs.len(), 8);
         assert_eq!(fnv1a(b"layer"), 9_575_673_069_376_539_734);
         assert_eq!(signs, GOLDEN_SIGNS);
+    }
+
+    /// The Gaussian projection's first values for one seed, layer and size, pinned: a change of
+    /// the RNG, the Box–Muller mapping or the key would silently change every Gaussian store's
+    /// projections. 1e-6 relative allows a last-ulp difference of `ln`/`cos`/`sin` between
+    /// platforms' libm, nothing more.
+    #[test]
+    fn gaussian_golden_prefix_is_stable() {
+        let p = Projection::generate(ProjectionKind::Gaussian, 0, "layer", Side::Input, 2, 4)
+            .expect("sizes");
+        let golden: [f32; 8] = GOLDEN_GAUSSIAN;
+        for (i, (&got, &want)) in p.values.iter().zip(&golden).enumerate() {
+            assert!(
+                (got - want).abs() <= 1e-6 * want.abs().max(1e-3),
+                "item {i}: {got:e} vs pinned {want:e} (all: {:?})",
+                p.values
+            );
+        }
+        assert_eq!(p.values.len(), 8);
     }
 
     #[test]
