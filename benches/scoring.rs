@@ -172,6 +172,7 @@ fn rows(store: &Store) -> (RunInfo, Vec<SketchBatch>) {
                 })
                 .collect(),
             sketches: chunk.sketches.clone(),
+            skipped: Vec::new(),
         });
     }
     (run, out)

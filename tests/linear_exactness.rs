@@ -546,3 +546,126 @@ fn padding_only_batches_leave_factors_and_rows_as_if_absent() {
         assert!(q.a.iter().chain(&q.s).all(|v| v.is_finite()));
     }
 }
+
+/// One step in which document 0 (sharing sequence 0 with document 1) has a NaN input.
+/// Returns the hook's outcome and what it stored.
+fn nan_step(
+    config: HookConfig,
+    steps: usize,
+) -> (Result<(), influence_hook::HookError>, MemoryStore) {
+    let mut f = fixture(config);
+    f.x[0] = f32::NAN; // document 0's first token, feature 0
+    for _ in 0..steps {
+        let (it, sb) = batch(&f, LossReduction::Sum);
+        f.hook.arm();
+        let mut grads = f.net.fit_loss(&it, FitLabels::Empirical).backward();
+        let outcome = f
+            .hook
+            .capture(&mut grads, &sb, &it)
+            .and_then(|()| f.hook.end_step(0.1, &f.net).map(|_| ()));
+        if outcome.is_err() {
+            return (outcome, f.sink.store().clone());
+        }
+    }
+    let outcome = f.hook.finish(&f.net).map(|_| ());
+    (outcome, f.sink.store().clone())
+}
+
+/// The non-finite policy. `skip` (the default): the document with a NaN input is left out of
+/// the step — no row, not in the factors, recorded with its layer — while document 1, packed
+/// in the same sequence, keeps its exact gradient (NaN is zeroed by selection: a mask by
+/// multiplication would give 0 × NaN = NaN in its per-document sum) and the factors equal those
+/// of the step with document 0 as padding. `fail` stops at the first NaN naming step, document
+/// and layer; `skip` fails past `max_fraction`, and after `max_bad_steps` steps with every
+/// document skipped.
+#[test]
+fn non_finite_documents_are_skipped_or_fail_by_policy() {
+    let config = exact_config(LossReduction::Sum).fit_batches(0);
+    let (ok, store) = nan_step(config.clone(), 1);
+    ok.expect("skip is the default");
+    let ids: Vec<u64> = store.batches[0].rows.iter().map(|r| r.doc_id).collect();
+    assert_eq!(ids, vec![101, 102, 103], "document 100 left out");
+    assert_eq!(
+        store.batches[0].skipped,
+        vec![influence_core::SkippedRow {
+            step: 0,
+            doc_id: 100,
+            layer: "layer".into(),
+            value: "input".into(),
+        }]
+    );
+    let clean = fixture(config.clone());
+    let want = reference_grads(&clean);
+    let len = D_OUT * (D_IN + 1);
+    for (d, want) in want.iter().enumerate().skip(1) {
+        let got = sketch_of(&store.batches, 0, 100 + d as u64, len);
+        let e = rel_err(&got, want);
+        assert!(e < 1e-5, "doc {d}: {e}");
+        assert!(got.iter().all(|v| v.is_finite()));
+    }
+    // The factors: those of the same step with document 0 as padding.
+    let reference = {
+        let (it, mut sb) = batch(&clean, LossReduction::Sum);
+        for d in &mut sb.doc_index {
+            if *d == 0 {
+                *d = -1;
+            }
+        }
+        let mut it = it;
+        let w: Vec<f32> = sb
+            .doc_index
+            .iter()
+            .map(|&d| if d >= 0 { 1.0 } else { 0.0 })
+            .collect();
+        it.w = Tensor::from_data(TensorData::new(w, [B, S, 1]), &clean.device);
+        clean.hook.arm();
+        let mut grads = clean.net.fit_loss(&it, FitLabels::Empirical).backward();
+        clean.hook.capture(&mut grads, &sb, &it).expect("capture");
+        clean.hook.end_step(0.1, &clean.net).expect("end step");
+        clean.hook.finish(&clean.net).expect("finish");
+        clean.sink.store().clone()
+    };
+    let (p, q) = (&reference.windows[0].layers[0], &store.windows[0].layers[0]);
+    assert_eq!(q.tokens, p.tokens);
+    assert!(rel_err(&q.a, &p.a) < 1e-6 && rel_err(&q.s, &p.s) < 1e-6);
+
+    use influence_hook::NonFinitePolicy;
+    let (err, _) = nan_step(config.clone().non_finite(NonFinitePolicy::Fail), 1);
+    let err = err.expect_err("fail").to_string();
+    assert!(
+        err.contains("step 0: document 100: layer layer: the input"),
+        "{err}"
+    );
+    let strict = NonFinitePolicy::Skip {
+        max_fraction: 0.2,
+        min_rows: 1,
+        max_bad_steps: 3,
+    };
+    let (err, _) = nan_step(config.clone().non_finite(strict), 1);
+    let err = err.expect_err("1 of 4 > 0.2").to_string();
+    assert!(
+        err.contains("1 of 4 documents") && err.contains("max_fraction"),
+        "{err}"
+    );
+
+    // Every document NaN (the weights themselves): fails on the second such step.
+    let diverged = NonFinitePolicy::Skip {
+        max_fraction: 1.0,
+        min_rows: 0,
+        max_bad_steps: 2,
+    };
+    let f = fixture(config.window_steps(4).non_finite(diverged));
+    let mut outcome = Ok(());
+    for _ in 0..2 {
+        let (mut it, sb) = batch(&f, LossReduction::Sum);
+        it.x = it.x.clone() * f32::NAN;
+        f.hook.arm();
+        let mut grads = f.net.fit_loss(&it, FitLabels::Empirical).backward();
+        outcome = f.hook.capture(&mut grads, &sb, &it);
+        if outcome.is_ok() {
+            f.hook.end_step(0.1, &f.net).expect("end step");
+        }
+    }
+    let err = outcome.expect_err("diverged").to_string();
+    assert!(err.contains("2 consecutive steps"), "{err}");
+}

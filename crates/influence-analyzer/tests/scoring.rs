@@ -85,6 +85,7 @@ fn store_with(dir: &std::path::Path, edit: impl Fn(&mut SketchBatch)) -> (Store,
                         .collect()
                 })
                 .collect(),
+            skipped: Vec::new(),
         };
         edit(&mut b);
         w.sketches(b.clone()).expect("sketches");

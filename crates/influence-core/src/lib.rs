@@ -29,7 +29,7 @@ mod sink;
 pub use projection::{Projection, ProjectionKind, Side};
 pub use records::{
     CoordinateSelection, Eigenbasis, FisherLabels, LayerFactors, LayerSpec, LossReduction, RunInfo,
-    SketchBasis, SketchBatch, SketchRowMeta, SketchScheme, WindowRecord,
+    SketchBasis, SketchBatch, SketchRowMeta, SketchScheme, SkippedRow, WindowRecord,
 };
 pub use sink::{MemorySink, MemoryStore, Sink, SinkError};
 

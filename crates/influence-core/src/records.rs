@@ -199,6 +199,24 @@ pub struct SketchBatch {
     /// Per layer (in [`RunInfo::layers`] order): `rows × k_g × k_a` values; row r's sketch is
     /// `sketches[l][r*k_g*k_a..]`, itself row-major `k_g × k_a`: `K[i][j] = Σ_t (P_gᵀ g_t)_i (P_aᵀ a_t)_j`.
     pub sketches: Vec<Vec<f32>>,
+    /// Documents of this step left out because a captured value was NaN or ∞ (the hook's
+    /// `non_finite = skip` policy): no row above, not in the step's factors.
+    pub skipped: Vec<SkippedRow>,
+}
+
+/// A document of a step that the hook left out because a captured input or output gradient
+/// held NaN or ∞ (recorded in the store's manifest, `non_finite`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SkippedRow {
+    /// The step.
+    pub step: u64,
+    /// The document.
+    pub doc_id: u64,
+    /// The first tracked layer where the value was found.
+    pub layer: String,
+    /// `input` or `output_gradient`.
+    pub value: String,
 }
 
 impl SketchBatch {

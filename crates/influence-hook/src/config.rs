@@ -62,6 +62,43 @@ pub struct HookConfig {
     pub factors: bool,
     /// Seed of the hook's own sampling (reservoir, token subsample, sampled labels).
     pub seed: u64,
+    /// What to do with a document whose captured inputs or output gradients hold NaN or ∞.
+    pub non_finite: NonFinitePolicy,
+}
+
+/// What the hook does with a document of a step whose captured layer inputs or output
+/// gradients hold NaN or ∞ (a loss spike, an overflowing step). Non-finite positions are zeroed
+/// by selection, not multiplication (`0 × NaN = NaN` would spread to the other documents of the
+/// sequence), so the rest of the step is captured exactly.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum NonFinitePolicy {
+    /// Leave the document out of that step: no row is written and its tokens are not in the
+    /// step's factors; each skip is logged (layer, document, step) and recorded in the store's
+    /// manifest (`non_finite`). The hook fails once more than `max_fraction` of the documents
+    /// seen so far were skipped (checked from `min_rows` documents on), or when every document
+    /// of `max_bad_steps` consecutive steps was skipped — a run whose parameters have become NaN
+    /// must not "succeed" with every row skipped.
+    Skip {
+        /// The largest share of skipped documents tolerated.
+        max_fraction: f64,
+        /// Documents seen before `max_fraction` is enforced.
+        min_rows: u64,
+        /// Consecutive steps with every document skipped that end the run.
+        max_bad_steps: u64,
+    },
+    /// Fail at the first non-finite value, naming the step, document and layer.
+    Fail,
+}
+
+impl Default for NonFinitePolicy {
+    fn default() -> Self {
+        Self::Skip {
+            max_fraction: 0.01,
+            min_rows: 1000,
+            max_bad_steps: 3,
+        }
+    }
 }
 
 impl Default for HookConfig {
@@ -89,6 +126,7 @@ impl Default for HookConfig {
             sketches: true,
             factors: true,
             seed: 0,
+            non_finite: NonFinitePolicy::default(),
         }
     }
 }
@@ -135,6 +173,8 @@ impl HookConfig {
         factors: bool,
         /// Sets [`HookConfig::seed`].
         seed: u64,
+        /// Sets [`HookConfig::non_finite`].
+        non_finite: NonFinitePolicy,
     }
 
     /// The scheme the hook applies: [`HookConfig::sketch_scheme`], except that identity
@@ -152,6 +192,21 @@ impl HookConfig {
         let bad = |field: &str, why: String| Err(HookError::Config(format!("{field}: {why}")));
         if self.k_a == 0 || self.k_g == 0 {
             return bad("k_a/k_g", "sketch sizes must be positive".into());
+        }
+        if let NonFinitePolicy::Skip {
+            max_fraction,
+            max_bad_steps,
+            ..
+        } = self.non_finite
+            && (!(0.0..=1.0).contains(&max_fraction) || max_bad_steps == 0)
+        {
+            return bad(
+                "non_finite",
+                format!(
+                    "max_fraction must be in [0, 1] and max_bad_steps at least 1, got \
+                     {max_fraction} and {max_bad_steps}"
+                ),
+            );
         }
         for s in &self.sketch_sizes {
             if s.k_a == 0 || s.k_g == 0 {

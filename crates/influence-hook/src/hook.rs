@@ -7,13 +7,13 @@ use burn::tensor::Int;
 use burn::tensor::{Device, Gradients, Tensor, TensorData};
 use influence_core::{
     FORMAT_VERSION, FisherLabels, LayerFactors, LayerSpec, LossReduction, RunInfo, Sink,
-    SketchBasis, SketchBatch, SketchRowMeta, SketchScheme, WindowRecord,
+    SketchBasis, SketchBatch, SketchRowMeta, SketchScheme, SkippedRow, WindowRecord,
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use crate::kernels::{Segments, project};
 use crate::tap::{Captured, Tap};
-use crate::{HookConfig, HookError};
+use crate::{HookConfig, HookError, NonFinitePolicy};
 
 /// A document of a training batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -152,6 +152,10 @@ struct State<B> {
     rng: StdRng,
     failed: Option<String>,
     finished: bool,
+    /// Non-finite screening: documents seen, documents skipped, consecutive all-skipped steps.
+    screened: u64,
+    skipped: u64,
+    bad_steps: u64,
 }
 
 /// The training-time hook. Cheap to clone (clones share state), so it can live inside a model as
@@ -209,6 +213,9 @@ impl<B: Clone + Send + 'static> Hook<B> {
                 rng,
                 failed: None,
                 finished: false,
+                screened: 0,
+                skipped: 0,
+                bad_steps: 0,
             })),
         })
     }
@@ -522,6 +529,7 @@ impl<B: Clone + Send + 'static> State<B> {
                 }
             }
         }
+        let (captured, segs, skipped) = self.screen_non_finite(captured, segs, batch, &device)?;
         if segs.valid.is_empty() {
             // Only padding (the probe's gradients are taken all the same): nothing to attribute
             // and nothing to learn the curvature from. The step counts (its learning rate is
@@ -534,6 +542,7 @@ impl<B: Clone + Send + 'static> State<B> {
                 learning_rate: f64::NAN,
                 rows: Vec::new(),
                 sketches: vec![Vec::new(); self.layers.len()],
+                skipped,
             });
             return Ok(());
         }
@@ -597,10 +606,145 @@ impl<B: Clone + Send + 'static> State<B> {
             learning_rate: f64::NAN,
             rows,
             sketches,
+            skipped,
         });
 
         if self.config.factors && self.config.fit_batches > 0 {
             self.reservoir_offer(item, batch);
+        }
+        Ok(())
+    }
+
+    /// Finds the tokens whose captured inputs or output gradients hold NaN or ∞ (one read-back
+    /// of per-token feature sums: a non-finite value makes its sum non-finite), applies
+    /// [`NonFinitePolicy`], zeroes every non-finite value by selection, and turns the affected
+    /// documents into padding for this step. Returns the captures, the step's segments without
+    /// those documents, and what was skipped.
+    fn screen_non_finite(
+        &mut self,
+        captured: LayerGrads,
+        segs: Segments,
+        batch: &StepBatch,
+        device: &Device,
+    ) -> Result<(LayerGrads, Segments, Vec<SkippedRow>), HookError> {
+        let (b, t) = (batch.batch_size, batch.seq_len);
+        let sums: Vec<Tensor<2>> = captured
+            .iter()
+            .flat_map(|(_, a, g)| {
+                [
+                    a.clone().sum_dim(2).reshape([b * t, 1]),
+                    g.clone().sum_dim(2).reshape([b * t, 1]),
+                ]
+            })
+            .collect();
+        let columns = sums.len();
+        let flags = read(Tensor::cat(sums, 1), "the non-finite screen")?;
+        let docs_seen = segs.docs.len() as u64;
+        if flags.iter().all(|v| v.is_finite()) {
+            self.count_screened(docs_seen, 0)?;
+            return Ok((captured, segs, Vec::new()));
+        }
+        // The first layer and value of each affected document (padding positions affect none).
+        let mut bad: std::collections::BTreeMap<usize, (String, &'static str)> = Default::default();
+        for (tok, row) in flags.chunks(columns).enumerate() {
+            let Ok(di) = usize::try_from(batch.doc_index[tok]) else {
+                continue;
+            };
+            if let Some(c) = row.iter().position(|v| !v.is_finite()) {
+                let layer = self.layers[captured[c / 2].0].spec.name.clone();
+                let value = if c % 2 == 0 {
+                    "input"
+                } else {
+                    "output_gradient"
+                };
+                bad.entry(di).or_insert((layer, value));
+            }
+        }
+        let skipped: Vec<SkippedRow> = bad
+            .iter()
+            .map(|(&di, (layer, value))| SkippedRow {
+                step: self.step,
+                doc_id: batch.docs[di].id,
+                layer: layer.clone(),
+                value: (*value).to_owned(),
+            })
+            .collect();
+        if let (NonFinitePolicy::Fail, Some(s)) = (self.config.non_finite, skipped.first()) {
+            return Err(HookError::NonFinite(format!(
+                "step {}: document {}: layer {}: the {} holds NaN or ∞ (non_finite = fail)",
+                s.step,
+                s.doc_id,
+                s.layer,
+                s.value.replace('_', " ")
+            )));
+        }
+        for s in &skipped {
+            tracing::warn!(
+                step = s.step,
+                document = s.doc_id,
+                layer = %s.layer,
+                value = %s.value,
+                "non-finite captured values: the document is left out of this step"
+            );
+        }
+        self.count_screened(docs_seen, skipped.len() as u64)?;
+        let zero = |x: Tensor<3>| {
+            let bad = x.clone().is_finite().bool_not();
+            x.mask_fill(bad, 0.0)
+        };
+        let captured = captured
+            .into_iter()
+            .map(|(l, a, g)| (l, zero(a), zero(g)))
+            .collect();
+        let segs = if bad.is_empty() {
+            segs
+        } else {
+            let mut kept = batch.clone();
+            for d in &mut kept.doc_index {
+                if usize::try_from(*d).is_ok_and(|d| bad.contains_key(&d)) {
+                    *d = -1;
+                }
+            }
+            Segments::new(&kept, device)?
+        };
+        Ok((captured, segs, skipped))
+    }
+
+    /// Counts `seen` screened documents of a step, `skipped` of them left out, and fails past
+    /// the skip policy's limits.
+    fn count_screened(&mut self, seen: u64, skipped: u64) -> Result<(), HookError> {
+        self.screened += seen;
+        self.skipped += skipped;
+        self.bad_steps = if seen > 0 && skipped == seen {
+            self.bad_steps + 1
+        } else {
+            0
+        };
+        if let NonFinitePolicy::Skip {
+            max_fraction,
+            min_rows,
+            max_bad_steps,
+        } = self.config.non_finite
+        {
+            if self.bad_steps >= max_bad_steps {
+                return Err(HookError::NonFinite(format!(
+                    "every document of {} consecutive steps (up to step {}) had NaN or ∞ in its \
+                     captured values: the model has diverged (non_finite.max_bad_steps = \
+                     {max_bad_steps})",
+                    self.bad_steps, self.step
+                )));
+            }
+            let share = self.skipped as f64 / self.screened.max(1) as f64;
+            if self.screened >= min_rows && share > max_fraction {
+                return Err(HookError::NonFinite(format!(
+                    "{} of {} documents so far ({:.2} %, up to step {}) had NaN or ∞ in their \
+                     captured values, more than non_finite.max_fraction = {max_fraction}",
+                    self.skipped,
+                    self.screened,
+                    100.0 * share,
+                    self.step
+                )));
+            }
         }
         Ok(())
     }

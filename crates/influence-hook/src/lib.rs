@@ -66,7 +66,7 @@ mod kernels;
 mod probe;
 mod tap;
 
-pub use config::{HookConfig, SketchSize};
+pub use config::{HookConfig, NonFinitePolicy, SketchSize};
 pub use hook::{DocRef, FitLabels, FitLoss, Hook, StepBatch};
 pub use probe::{DocumentGradients, Probe};
 pub use tap::{LayerTap, Tap, TrackedLinear};
@@ -139,6 +139,9 @@ pub enum HookError {
     /// A [`StepBatch`] inconsistent with the captured tensors.
     #[error("step batch: {0}")]
     Batch(String),
+    /// NaN or ∞ in captured values, under `non_finite = fail` or past the skip policy's limits.
+    #[error("non-finite values: {0}")]
+    NonFinite(String),
     /// A tracked layer ran but its probe received no gradient (its output did not reach the loss).
     #[error("layer {0}: captured but no gradient reached it (is it part of the loss?)")]
     NoGradient(String),

@@ -35,6 +35,7 @@
 //!     learning_rate: 1e-3,
 //!     rows: vec![SketchRowMeta { doc_id: 42, loss: Some(2.5), tokens: 12, source: "wiki".into() }],
 //!     sketches: vec![vec![0.5, -1.0, 0.25, 2.0]],
+//!     skipped: Vec::new(),
 //! })?;
 //! writer.finish()?;
 //!

@@ -125,6 +125,10 @@ pub struct Manifest {
     pub overflowed_values: u64,
     /// Resumes of this run, in order.
     pub resumes: Vec<ResumeEntry>,
+    /// Documents of steps the hook left out because a captured value was NaN or ∞ (absent in
+    /// stores written before it was recorded).
+    #[serde(default)]
+    pub non_finite: Vec<influence_core::SkippedRow>,
     /// Whether the writer finished (the run ended normally).
     pub finished: bool,
 }
@@ -143,6 +147,7 @@ impl Manifest {
             dropped: Vec::new(),
             overflowed_values: 0,
             resumes: Vec::new(),
+            non_finite: Vec::new(),
             finished: false,
         }
     }

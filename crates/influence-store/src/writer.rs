@@ -209,6 +209,7 @@ impl StoreWriter {
         });
         m.windows.retain(|w| w.last_step < step);
         m.dropped.retain(|d| d.step < step);
+        m.non_finite.retain(|d| d.step < step);
         m.resumes.push(ResumeEntry {
             step,
             removed_rows,
@@ -675,7 +676,10 @@ impl Worker {
                 }
                 self.save()
             }
-            Msg::Batch(b) => {
+            Msg::Batch(mut b) => {
+                // Saved with the next manifest, like the rows (a resume rolls both back).
+                let skipped = std::mem::take(&mut b.skipped);
+                self.manifest()?.non_finite.extend(skipped);
                 if self.open.as_ref().is_some_and(|s| s.window != b.window)
                     || self.pending.first().is_some_and(|p| p.window != b.window)
                 {

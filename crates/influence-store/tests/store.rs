@@ -68,6 +68,7 @@ fn batch(run: &RunInfo, step: u64, rng: &mut StdRng) -> SketchBatch {
                     .collect()
             })
             .collect(),
+        skipped: Vec::new(),
     }
 }
 
@@ -393,6 +394,26 @@ fn f16_overflow_is_counted_not_hidden() {
     assert_eq!(overflowed, 2);
     assert_eq!(c.sketches[0][0], f32::INFINITY);
     assert_eq!(c.sketches[1][1], f32::NEG_INFINITY);
+}
+
+/// The documents a hook skipped for non-finite values reach the manifest (`non_finite`) with
+/// their step, layer and value.
+#[test]
+fn skipped_documents_are_recorded_in_the_manifest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = run_info(10);
+    let mut rng = StdRng::seed_from_u64(1);
+    let mut b = batch(&run, 3, &mut rng);
+    let skipped = influence_core::SkippedRow {
+        step: 3,
+        doc_id: 77,
+        layer: "head".into(),
+        value: "output_gradient".into(),
+    };
+    b.skipped = vec![skipped.clone()];
+    write_one_batch(dir.path(), &run, b, SketchDtype::F32);
+    let store = Store::open(dir.path()).expect("open");
+    assert_eq!(store.manifest().non_finite, vec![skipped]);
 }
 
 #[test]
