@@ -629,6 +629,12 @@ fn non_finite_documents_are_skipped_or_fail_by_policy() {
     assert_eq!(q.tokens, p.tokens);
     assert!(rel_err(&q.a, &p.a) < 1e-6 && rel_err(&q.s, &p.s) < 1e-6);
 
+    // A batch with a skipped document is not kept for the window fit (its re-run would put the
+    // NaN into the corrected eigenvalues): the window closes, with the KFAC fallback here.
+    let (ok, store) = nan_step(config.clone().fit_batches(1), 1);
+    ok.expect("the fit pass leaves the NaN batch out");
+    assert!(store.windows[0].layers[0].corrected.is_none());
+
     use influence_hook::NonFinitePolicy;
     let (err, _) = nan_step(config.clone().non_finite(NonFinitePolicy::Fail), 1);
     let err = err.expect_err("fail").to_string();

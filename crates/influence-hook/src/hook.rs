@@ -530,6 +530,9 @@ impl<B: Clone + Send + 'static> State<B> {
             }
         }
         let (captured, segs, skipped) = self.screen_non_finite(captured, segs, batch, &device)?;
+        // A batch with a skipped document is not kept for the window fit: its re-run at the
+        // checkpoint would bring the NaN back into the corrected eigenvalues.
+        let clean = skipped.is_empty();
         if segs.valid.is_empty() {
             // Only padding (the probe's gradients are taken all the same): nothing to attribute
             // and nothing to learn the curvature from. The step counts (its learning rate is
@@ -609,7 +612,7 @@ impl<B: Clone + Send + 'static> State<B> {
             skipped,
         });
 
-        if self.config.factors && self.config.fit_batches > 0 {
+        if self.config.factors && self.config.fit_batches > 0 && clean {
             self.reservoir_offer(item, batch);
         }
         Ok(())
@@ -1072,6 +1075,8 @@ impl<B: Clone + Send + 'static> State<B> {
                         .collect();
                 }
             }
+            check_finite(self.window.index, name, "A", Some(&a))?;
+            check_finite(self.window.index, name, "S", Some(&s))?;
             let eig_a = influence_ekfac::eigh_named(&a, da, &format!("{name}: A"))?;
             let eig_s = influence_ekfac::eigh_named(&s, ds, &format!("{name}: S"))?;
 
@@ -1120,6 +1125,12 @@ impl<B: Clone + Send + 'static> State<B> {
                     None => (None, 0),
                 }
             };
+            check_finite(
+                self.window.index,
+                name,
+                "corrected eigenvalues",
+                corrected.as_deref(),
+            )?;
             out.push(LayerFactors {
                 name: name.clone(),
                 a,
@@ -1134,6 +1145,23 @@ impl<B: Clone + Send + 'static> State<B> {
             });
         }
         Ok(out)
+    }
+}
+
+/// A window's factor values must be finite before anything of the window is written.
+fn check_finite(
+    window: u32,
+    layer: &str,
+    field: &str,
+    values: Option<&[f64]>,
+) -> Result<(), HookError> {
+    match values.and_then(|v| v.iter().position(|x| !x.is_finite())) {
+        None => Ok(()),
+        Some(i) => Err(HookError::NonFinite(format!(
+            "window {window} layer {layer}: {field} item {i} is not finite (an overflowing \
+             accumulation, or the window's fit batches give NaN at its checkpoint); nothing of \
+             this window is written"
+        ))),
     }
 }
 
