@@ -13,10 +13,12 @@ use influence_core::Sink;
 use influence_store::{Manifest, Store, StoreConfig, StoreError, StoreWriter, fsutil};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::{Value, json};
+use tiny_gpt::task::GptTask;
 use tiny_gpt::train::{TrainConfig, prepare, train};
 
-/// Writes a real store: 8 steps of the tiny GPT, windows of 4, small shards.
-fn real_store(dir: &Path) {
+/// Writes a real store: 8 steps of the tiny GPT, windows of 4, small shards. Returns the task
+/// that reads its checkpoints.
+fn real_store(dir: &Path) -> GptTask {
     let mut config = TrainConfig::tiny();
     config.log_every = 0;
     let prepared = prepare(&config).expect("prepare");
@@ -30,6 +32,7 @@ fn real_store(dir: &Path) {
         Some(Box::new(writer) as Box<dyn Sink>),
     )
     .expect("train");
+    GptTask::new(config, prepared.bpe).expect("task")
 }
 
 /// Runs `f`, failing the test if it panics.
@@ -239,7 +242,7 @@ fn manifest_edits_are_rejected_with_the_field_named() {
         );
     }
     type Edit = fn(&mut Value);
-    let cases: [(&str, Edit, &str); 16] = [
+    let cases: [(&str, Edit, &str); 17] = [
         (
             "projection seed",
             |m| m["run"]["projection_seed"] = json!(1),
@@ -319,6 +322,11 @@ fn manifest_edits_are_rejected_with_the_field_named() {
             |m| m["run"]["window_steps"] = json!(3),
             "window",
         ),
+        (
+            "negative learning rate",
+            |m| m["windows"][0]["learning_rates"][1] = json!(-0.001),
+            "windows[0].learning_rates`: item 1 is -0.001",
+        ),
         ("unknown field", |m| m["extra"] = json!(1), "extra"),
         (
             "checkpoint size",
@@ -352,4 +360,336 @@ fn manifest_edits_are_rejected_with_the_field_named() {
         rejected > 200,
         "only {rejected} of 300 damaged manifests rejected"
     );
+}
+
+/// One way of damaging a file's bytes, as a fuzzer would: the mutation operators of AFL-style
+/// fuzzing (bit flips, interesting values at aligned offsets, byte ranges deleted, duplicated,
+/// zeroed, truncation, trailing garbage).
+fn mutate(rng: &mut StdRng, original: &[u8]) -> Vec<u8> {
+    const WORDS32: [u32; 7] = [
+        0,
+        u32::MAX,
+        0x7FFF_FFFF,
+        0x8000_0000,
+        0x7FC0_0000, // f32 NaN
+        0x7F80_0000, // f32 +∞
+        0xFF80_0000, // f32 −∞
+    ];
+    const WORDS64: [u64; 5] = [
+        0,
+        u64::MAX,
+        0x7FF8_0000_0000_0000, // f64 NaN
+        0x7FF0_0000_0000_0000, // f64 +∞
+        0x0000_0001_0000_0000, // a length or offset just past 32 bits
+    ];
+    let mut b = original.to_vec();
+    let n = b.len().max(1);
+    match rng.random_range(0..9) {
+        0 => {
+            for _ in 0..rng.random_range(1..5) {
+                let i = rng.random_range(0..n).min(b.len().saturating_sub(1));
+                b[i] ^= 1 << rng.random_range(0..8);
+            }
+        }
+        1 => {
+            let i = rng.random_range(0..n).min(b.len().saturating_sub(1));
+            b[i] = rng.random();
+        }
+        2 if b.len() >= 4 => {
+            let i = rng.random_range(0..b.len() / 4) * 4;
+            let w = WORDS32[rng.random_range(0..WORDS32.len())];
+            b[i..i + 4].copy_from_slice(&w.to_le_bytes());
+        }
+        3 if b.len() >= 8 => {
+            let i = rng.random_range(0..b.len() / 8) * 8;
+            let w = WORDS64[rng.random_range(0..WORDS64.len())];
+            b[i..i + 8].copy_from_slice(&w.to_le_bytes());
+        }
+        4 => b.truncate(rng.random_range(0..b.len())),
+        5 => {
+            let extra = rng.random_range(1..64);
+            b.extend((0..extra).map(|_| rng.random::<u8>()));
+        }
+        6 => {
+            let i = rng.random_range(0..b.len());
+            let len = rng.random_range(1..=(b.len() - i).min(256));
+            b.drain(i..i + len);
+        }
+        7 => {
+            let i = rng.random_range(0..b.len());
+            let len = rng.random_range(1..=(b.len() - i).min(256));
+            let chunk = b[i..i + len].to_vec();
+            let at = rng.random_range(0..=b.len());
+            b.splice(at..at, chunk);
+        }
+        _ => {
+            let i = rng.random_range(0..b.len());
+            let len = rng.random_range(1..=(b.len() - i).min(64));
+            b[i..i + len].fill(0);
+        }
+    }
+    b
+}
+
+/// A structured edit of one manifest value: a leaf replaced by a value of another type or an
+/// extreme of its own, a key removed, an array element duplicated or dropped.
+fn mutate_manifest(rng: &mut StdRng, m: &mut Value) {
+    fn count(v: &Value) -> usize {
+        1 + match v {
+            Value::Object(o) => o.values().map(count).sum(),
+            Value::Array(a) => a.iter().map(count).sum(),
+            _ => 0,
+        }
+    }
+    /// The `n`th node of `v` in pre-order.
+    fn nth(v: &mut Value, n: usize) -> Result<&mut Value, usize> {
+        if n == 0 {
+            return Ok(v);
+        }
+        let mut n = n - 1;
+        let children: Vec<&mut Value> = match v {
+            Value::Object(o) => o.values_mut().collect(),
+            Value::Array(a) => a.iter_mut().collect(),
+            _ => Vec::new(),
+        };
+        for c in children {
+            match nth(c, n) {
+                Ok(x) => return Ok(x),
+                Err(rest) => n = rest,
+            }
+        }
+        Err(n)
+    }
+    let replacements = [
+        json!(null),
+        json!(0),
+        json!(-1),
+        json!(1),
+        json!(u64::MAX),
+        json!(1e300),
+        json!(0.5),
+        json!(""),
+        json!("x"),
+        json!([]),
+        json!({}),
+        json!(true),
+    ];
+    let n = rng.random_range(0..count(m));
+    let Ok(target) = nth(m, n) else {
+        unreachable!("node {n} is counted")
+    };
+    match target {
+        Value::Object(o) if !o.is_empty() && rng.random_bool(0.5) => {
+            let key = o.keys().nth(rng.random_range(0..o.len())).cloned();
+            if let Some(key) = key {
+                o.remove(&key);
+            }
+        }
+        Value::Array(a) if !a.is_empty() && rng.random_bool(0.5) => {
+            let i = rng.random_range(0..a.len());
+            if rng.random_bool(0.5) {
+                let x = a[i].clone();
+                a.insert(i, x);
+            } else {
+                a.remove(i);
+            }
+        }
+        Value::Number(x) if rng.random_bool(0.5) => {
+            let v = x.as_u64().unwrap_or(1);
+            *target = json!(v.wrapping_add(rng.random_range(1..3)));
+        }
+        _ => *target = replacements[rng.random_range(0..replacements.len())].clone(),
+    }
+}
+
+/// The outcome of one mutation, as counted: the error's kind, or valid data.
+fn outcome(r: &Result<(), StoreError>) -> &'static str {
+    match r {
+        Ok(()) => "valid data",
+        Err(StoreError::Checksum { .. }) => "checksum error",
+        Err(StoreError::Size { .. }) => "size error",
+        Err(StoreError::Arrow { .. }) => "Arrow decode error",
+        Err(StoreError::Invalid { .. }) => "invalid field error",
+        Err(StoreError::Json { .. }) => "JSON error",
+        Err(StoreError::Version { .. }) => "version error",
+        Err(StoreError::Missing { .. }) => "missing file error",
+        Err(StoreError::Io { .. }) => "I/O error",
+        Err(_) => "other error",
+    }
+}
+
+/// The seeded fuzz test: 10,000 mutated shard, factor and manifest files of a real store, most of
+/// the file mutations with the manifest re-signed (size and checksum recomputed) so that they
+/// reach the Arrow decoder and the validation behind it. No mutation may panic; an error must
+/// name the file it is about; the counts per outcome are printed (docs/reliability.md).
+#[test]
+fn ten_thousand_seeded_mutations_never_panic() {
+    const MUTATIONS: usize = 10_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path();
+    real_store(dir);
+    let manifest_path = dir.join("manifest.json");
+    let manifest_bytes = std::fs::read(&manifest_path).expect("manifest");
+    let manifest: Value = serde_json::from_slice(&manifest_bytes).expect("json");
+    let arrow: Vec<PathBuf> = files(dir)
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "arrow"))
+        .collect();
+    let originals: Vec<Vec<u8>> = arrow
+        .iter()
+        .map(|f| std::fs::read(f).expect("read"))
+        .collect();
+    let mut rng = StdRng::seed_from_u64(20_261_207);
+    let mut counts: std::collections::BTreeMap<(&str, bool, &str), usize> = Default::default();
+    let (mut resigned, mut unchanged) = (0, 0);
+    for i in 0..MUTATIONS {
+        let pick = rng.random_range(0..100);
+        if pick < 25 {
+            // The manifest: half byte-level damage, half structured edits that parse.
+            let bytes = if rng.random_bool(0.5) {
+                mutate(&mut rng, &manifest_bytes)
+            } else {
+                let mut m = manifest.clone();
+                mutate_manifest(&mut rng, &mut m);
+                serde_json::to_vec_pretty(&m).expect("json")
+            };
+            std::fs::write(&manifest_path, &bytes).expect("write");
+            let r = open_and_verify(dir, &format!("manifest mutation {i}"));
+            *counts.entry(("manifest", false, outcome(&r))).or_default() += 1;
+            std::fs::write(&manifest_path, &manifest_bytes).expect("restore");
+            continue;
+        }
+        let f = rng.random_range(0..arrow.len());
+        let (file, original) = (&arrow[f], &originals[f]);
+        let kind = if file.to_string_lossy().contains("factors") {
+            "factor file"
+        } else {
+            "shard"
+        };
+        let name = file
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        let bytes = mutate(&mut rng, original);
+        if &bytes == original {
+            unchanged += 1;
+            continue;
+        }
+        let resign = rng.random_bool(0.85);
+        std::fs::write(file, &bytes).expect("write");
+        if resign {
+            forge_manifest(dir, file, &bytes);
+            resigned += 1;
+        }
+        let r = open_and_verify(dir, &format!("{name} mutation {i}"));
+        match &r {
+            Err(e) => assert!(
+                e.to_string().contains(&name),
+                "{name} mutation {i}: the error does not name the file: {e}"
+            ),
+            Ok(()) => assert!(resign, "{name} mutation {i}: unsigned damage passed"),
+        }
+        if !resign {
+            assert!(
+                matches!(
+                    r,
+                    Err(StoreError::Checksum { .. } | StoreError::Size { .. })
+                ),
+                "{name} mutation {i}: unsigned damage must fail the size or checksum check: {r:?}"
+            );
+        }
+        *counts.entry((kind, resign, outcome(&r))).or_default() += 1;
+        std::fs::write(file, original).expect("restore");
+        std::fs::write(&manifest_path, &manifest_bytes).expect("restore manifest");
+    }
+    println!("{MUTATIONS} mutations ({resigned} re-signed, {unchanged} left the bytes unchanged):");
+    println!("| file | manifest re-signed | outcome | count |\n| --- | --- | --- | --- |");
+    for ((kind, resign, what), n) in &counts {
+        let resign = if *kind == "manifest" {
+            "—"
+        } else if *resign {
+            "yes"
+        } else {
+            "no"
+        };
+        println!("| {kind} | {resign} | {what} | {n} |");
+    }
+    let total: usize = counts.values().sum::<usize>() + unchanged;
+    assert_eq!(total, MUTATIONS);
+    assert!(
+        resigned * 2 > MUTATIONS,
+        "most mutations must reach the decoders: {resigned} re-signed"
+    );
+    for kind in ["shard", "factor file", "manifest"] {
+        assert!(
+            counts
+                .keys()
+                .any(|(k, _, o)| *k == kind && *o != "valid data"),
+            "no {kind} mutation was rejected"
+        );
+    }
+    open_and_verify(dir, "the restored store").expect("restored");
+}
+
+/// Mutated checkpoints, re-signed so that they reach burn's burnpack reader and the parameter
+/// checks of `verify_checkpoints` (what `influence inspect --verify --model` runs): an error
+/// naming the checkpoint, or a model that loads with finite parameters; never a panic.
+#[test]
+fn mutated_checkpoints_are_errors_or_finite_models_never_panics() {
+    const MUTATIONS: usize = 400;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path();
+    let task = real_store(dir);
+    let device = Device::flex();
+    let manifest_path = dir.join("manifest.json");
+    let manifest_bytes = std::fs::read(&manifest_path).expect("manifest");
+    let checkpoints: Vec<PathBuf> = files(dir)
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "bpk"))
+        .collect();
+    assert!(!checkpoints.is_empty());
+    let mut rng = StdRng::seed_from_u64(17);
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    for i in 0..MUTATIONS {
+        let file = &checkpoints[i % checkpoints.len()];
+        let name = file
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        let original = std::fs::read(file).expect("read");
+        let bytes = mutate(&mut rng, &original);
+        std::fs::write(file, &bytes).expect("write");
+        forge_manifest(dir, file, &bytes);
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            let store = Store::open(dir).map_err(|e| e.to_string())?;
+            store.verify().map_err(|e| e.to_string())?;
+            influence_analyzer::verify_checkpoints(&task, &store, &device)
+                .map_err(|e| e.to_string())
+        }))
+        .unwrap_or_else(|_| panic!("{name} mutation {i}: a panic"));
+        let what = match r {
+            Ok(_) => "loads, every parameter finite".to_string(),
+            Err(e) => {
+                assert!(
+                    e.contains(&name),
+                    "{name} mutation {i}: the error does not name it: {e}"
+                );
+                let kind = if e.contains("NaN or ∞") {
+                    "error: non-finite parameter"
+                } else if e.contains("loading the checkpoint") {
+                    "error: the reader refuses it"
+                } else {
+                    "error: other"
+                };
+                kind.to_string()
+            }
+        };
+        *counts.entry(what).or_default() += 1;
+        std::fs::write(file, &original).expect("restore");
+        std::fs::write(&manifest_path, &manifest_bytes).expect("restore manifest");
+    }
+    println!("{MUTATIONS} re-signed checkpoint mutations: {counts:?}");
+    assert!(counts.keys().any(|k| k.starts_with("error")));
 }

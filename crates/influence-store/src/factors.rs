@@ -282,6 +282,11 @@ pub fn decode(
             });
         }
     }
+    crate::schema::check_learning_rates(
+        &meta.learning_rates,
+        path,
+        "burn_influence.window.learning_rates",
+    )?;
     Ok(WindowRecord {
         window: meta.window,
         first_step: meta.first_step,

@@ -342,6 +342,7 @@ impl Manifest {
                     ),
                 ));
             }
+            crate::schema::check_learning_rates(&w.learning_rates, path, &f("learning_rates"))?;
             check_file(
                 &w.factors,
                 "factors/",

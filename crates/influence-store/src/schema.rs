@@ -324,6 +324,27 @@ pub(crate) fn no_nulls(a: &dyn Array, name: &str, path: &Path) -> Result<(), Sto
     Ok(())
 }
 
+/// Learning rates must be finite and non-negative (a schedule may start at 0): a negative one
+/// would flip the sign of every LR-weighted score silently. The error names the file, the field
+/// and the first bad item.
+pub(crate) fn check_learning_rates(
+    values: &[f64],
+    path: &Path,
+    field: &str,
+) -> Result<(), StoreError> {
+    match values.iter().position(|v| !(v.is_finite() && *v >= 0.0)) {
+        None => Ok(()),
+        Some(i) => Err(StoreError::invalid(
+            path,
+            field,
+            format!(
+                "item {i} is {}: a learning rate must be finite and non-negative",
+                values[i]
+            ),
+        )),
+    }
+}
+
 /// Decodes a record batch of a shard at `path`, keeping the sketches of `layers` (indices into
 /// `run.layers`).
 pub fn decode(
@@ -350,6 +371,7 @@ pub fn decode(
     ] {
         no_nulls(a, name, path)?;
     }
+    check_learning_rates(lr.values(), path, "learning_rate")?;
     let dict = source
         .values()
         .as_any()

@@ -470,6 +470,13 @@ impl Sink for StoreWriter {
                 .into());
             }
         }
+        if !(batch.learning_rate.is_finite() && batch.learning_rate >= 0.0) {
+            return Err(StoreError::Record(format!(
+                "step {}: learning rate {}: it must be finite and non-negative",
+                batch.step, batch.learning_rate
+            ))
+            .into());
+        }
         if batch.step < self.next_step {
             return Err(StoreError::Record(format!(
                 "step {} is already stored (steps must increase; next is {})",

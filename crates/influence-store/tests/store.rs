@@ -549,6 +549,12 @@ fn creating_over_a_store_and_bad_records_are_refused() {
     let mut b = batch(&run, 3, &mut rng);
     b.window = 1;
     assert!(w.sketches(b).is_err(), "window inconsistent with the step");
+    for lr in [-1e-3, f64::NAN, f64::INFINITY] {
+        let mut b = batch(&run, 3, &mut rng);
+        b.learning_rate = lr;
+        let e = w.sketches(b).expect_err("a bad learning rate");
+        assert!(e.to_string().contains("learning rate"), "{lr}: {e}");
+    }
     w.sketches(batch(&run, 4, &mut rng)).expect("sketches");
     w.finish().expect("finish");
     let e = StoreWriter::create(dir.path(), StoreConfig::default())
