@@ -894,17 +894,20 @@ fn reranked_scores_equal_autodiff_exact_scores_over_windows() {
             .collect();
         reference.push(Window { queries, docs });
     }
-    let want = |normalize: bool, id: u64, q: usize| -> f64 {
+    // The exact score, each window's part divided by `per_window(w, q)` (1, or the nats).
+    let want_by = |normalize: bool, id: u64, q: usize, per_window: &dyn Fn(usize) -> f64| {
         windows
             .iter()
             .zip(&reference)
-            .filter_map(|(&w, r)| {
+            .enumerate()
+            .filter_map(|(i, (&w, r))| {
                 let (_, gn, n2) = r.docs.iter().find(|(d, _, _)| *d == id)?;
                 let weight = rows[&(w, id)] / if normalize { n2.sqrt() } else { 1.0 };
-                Some(weight * dot(&r.queries[q], gn))
+                Some(weight * dot(&r.queries[q], gn) / per_window(i))
             })
-            .sum()
+            .sum::<f64>()
     };
+    let want = |normalize: bool, id: u64, q: usize| want_by(normalize, id, q, &|_| 1.0);
 
     for config in [plain.clone(), ScoreConfig::default()] {
         let a =
@@ -942,6 +945,23 @@ fn reranked_scores_equal_autodiff_exact_scores_over_windows() {
                 "normalize {} query {q}: re-ranked vs autodiff + dense solve, max rel err {e:.2e}",
                 config.normalize
             );
+            // Per nat: each window's part divided by the query's nats at that window (they
+            // differ between the checkpoints, or this would be a rescaling).
+            assert!(
+                a.prepared
+                    .iter()
+                    .any(|p| p.nats[q] != a.prepared[0].nats[q])
+            );
+            let nats = |i: usize| a.prepared[i].nats[q];
+            let expect_per_nat: Vec<f64> = ids
+                .iter()
+                .map(|&id| want_by(config.normalize, id, q, &nats))
+                .collect();
+            let got_per_nat: Vec<f64> = (0..n_docs)
+                .map(|d| r.exact_score_per_nat(d, q).expect("candidate"))
+                .collect();
+            let e = max_rel(&got_per_nat, &expect_per_nat);
+            assert!(e < 1e-4, "query {q}: exact per nat, max rel err {e:.2e}");
             // The sketches (2×2) are lossy: the exact scores are not the sketch scores.
             let sketch = a.scores.column(q);
             assert!(
@@ -960,6 +980,7 @@ fn reranked_scores_equal_autodiff_exact_scores_over_windows() {
             let d = ids.iter().position(|&id| id == best[0]).expect("doc");
             assert_eq!(first.doc_id, best[0]);
             assert_eq!(first.exact, r.exact_score(d, q));
+            assert_eq!(Some(first.score_per_nat), r.exact_score_per_nat(d, q));
             assert_eq!(
                 first.score,
                 a.scores.score(d, q),
@@ -1005,6 +1026,11 @@ fn reranked_scores_equal_autodiff_exact_scores_over_windows() {
         );
         let e = max_rel(&restricted.exact, &small.exact);
         assert!(e < 1e-5, "restricted vs re-ranked at n = 2: {e:.2e}");
+        let e = max_rel(&restricted.exact_per_nat, &small.exact_per_nat);
+        assert!(
+            e < 1e-5,
+            "restricted vs re-ranked at n = 2, per nat: {e:.2e}"
+        );
         for q in 0..g.queries.len() {
             let mut a_set = restricted.top(q, 4);
             let mut b_set = small.top(q, 4);
@@ -1124,4 +1150,119 @@ fn verify_checkpoints_names_a_nan_parameter_and_a_truncated_file_and_loss_reduct
         .expect_err("a truncated checkpoint")
         .to_string();
     assert!(err.contains("window-00002"), "{err}");
+}
+
+/// A store written without factors (`factors = false`) scores under identity, plain and
+/// learning-rate weighted, exactly as the same sketches with factors do; with exact gradients
+/// stored (identity projections), the plain score is the gradient dot product `⟨g_q, g_n⟩`
+/// itself, and the exact re-ranking (normalised rows, no factor for the metric) agrees with the
+/// sketch. Any other strategy is refused with the window, the layer and the fix named.
+#[test]
+fn a_store_without_factors_scores_under_identity() {
+    let (task, ckpt, queries, _dir) = random_linear();
+    let bare_dir = tempfile::tempdir().expect("tmp");
+    let bare = sketch(&task, &ckpt, bare_dir.path(), exact_hook().factors(false));
+    let full_dir = tempfile::tempdir().expect("tmp");
+    let full = sketch(&task, &ckpt, full_dir.path(), exact_hook());
+    let window = bare.complete_windows().next().expect("a window").window;
+    let factors = bare.factors(window).expect("factors file");
+    assert!(factors.layers.is_empty(), "no factors were written");
+
+    let plain = scores(&task, &bare, &queries, Strategy::Identity);
+    let with_factors = scores(&task, &full, &queries, Strategy::Identity);
+    assert_eq!(
+        plain.totals, with_factors.totals,
+        "the factors change nothing"
+    );
+    // Against the gradients themselves: the stored rows are exact (identity projections), the
+    // query gradient comes from autodiff at the checkpoint.
+    let (model, probe) = load_window_model(&task, &bare, window, &cpu()).expect("model");
+    let grads = query_gradients(&task, &model, &probe, &queries, 8, &cpu()).expect("grads");
+    let stored = stored_gradients(&bare);
+    for (q, _) in queries.iter().enumerate() {
+        let gq: Vec<f64> = grads
+            .layers
+            .iter()
+            .enumerate()
+            .flat_map(|(l, spec)| {
+                let n = spec.d_out * spec.d_in_aug();
+                grads.grads[l][q * n..(q + 1) * n].to_vec()
+            })
+            .collect();
+        let mut want: std::collections::BTreeMap<u64, f64> = Default::default();
+        for (id, g) in &stored {
+            *want.entry(*id).or_default() += dot(&gq, g);
+        }
+        let got = scores_by_id(&plain, want.keys().copied(), q);
+        let want: Vec<f64> = want.values().copied().collect();
+        let e = max_rel(&got, &want);
+        assert!(
+            e < 1e-5,
+            "query {q}: identity vs ⟨g_q, g_n⟩, max rel err {e:.2e}"
+        );
+    }
+    // Learning-rate weighted: each row times its step's learning rate.
+    let config = ScoreConfig::default()
+        .strategy(Strategy::Identity)
+        .normalize(false)
+        .lr_weighting(true);
+    let lr = analyze(&task, &bare, &queries, &config, &cpu(), &mut |_| {}).expect("lr");
+    let with_factors =
+        analyze(&task, &full, &queries, &config, &cpu(), &mut |_| {}).expect("lr, factors");
+    assert_eq!(lr.scores.totals, with_factors.scores.totals);
+    // Normalised rows (the default) and the exact re-ranking need no factor either: identity
+    // sketches are the exact gradients, so the re-ranked scores equal the sketch scores.
+    let config = ScoreConfig::default().strategy(Strategy::Identity);
+    let a = analyze(&task, &bare, &queries, &config, &cpu(), &mut |_| {}).expect("normalised");
+    let corpus = task.corpus().expect("corpus");
+    let r = influence_analyzer::rerank(
+        &task,
+        &bare,
+        &a,
+        &corpus,
+        &config,
+        5,
+        &cpu(),
+        &mut |_, _| {},
+    )
+    .expect("rerank without factors");
+    for q in 0..queries.len() {
+        for d in r.top(q, 5) {
+            let (exact, sketch) = (
+                r.exact_score(d, q).expect("candidate"),
+                a.scores.score(d, q),
+            );
+            assert!(
+                (exact - sketch).abs() < 1e-4 * sketch.abs().max(1e-6),
+                "query {q}: exact {exact} vs sketch {sketch}"
+            );
+        }
+    }
+    // Seeded random projections (what a store without factors holds at scale): the same.
+    let random = || {
+        HookConfig::default()
+            .sketch_scheme(influence_core::SketchScheme::Random)
+            .k_a(3)
+            .k_g(2)
+    };
+    let bare_rp = tempfile::tempdir().expect("tmp");
+    let bare_rp = sketch(&task, &ckpt, bare_rp.path(), random().factors(false));
+    let full_rp = tempfile::tempdir().expect("tmp");
+    let full_rp = sketch(&task, &ckpt, full_rp.path(), random());
+    assert_eq!(
+        scores(&task, &bare_rp, &queries, Strategy::Identity).totals,
+        scores(&task, &full_rp, &queries, Strategy::Identity).totals
+    );
+    for strategy in [Strategy::Ekfac, Strategy::Kfac, Strategy::Diagonal] {
+        let config = ScoreConfig::default().strategy(strategy);
+        let e = analyze(&task, &bare, &queries, &config, &cpu(), &mut |_| {})
+            .expect_err("no factors to precondition with");
+        let e = e.to_string();
+        assert!(
+            e.contains(&format!("window {window}"))
+                && e.contains("no factors")
+                && e.contains("identity"),
+            "{strategy:?}: {e}"
+        );
+    }
 }

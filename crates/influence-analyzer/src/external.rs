@@ -270,10 +270,16 @@ impl ExternalScores {
             .iter()
             .map(|q| self.nats_of(q).unwrap_or(1.0))
             .collect();
+        let per_nat = totals
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v / nats[i % nq])
+            .collect();
         let scores = Scores {
             layers: vec![EXTERNAL_LAYER.to_string()],
             queries: nq,
             docs: self.docs.clone(),
+            per_nat,
             per_layer: totals.clone(),
             totals,
             row_weights: vec![Vec::new(); nd],
@@ -610,7 +616,12 @@ mod tests {
             2.0, 1.0, 0.125, 0.125, // doc 3
             -0.5, -0.5, 3.0, -1.0, // doc 11
         ];
-        let totals = per_layer.chunks(2).map(|c| c[0] + c[1]).collect();
+        let totals: Vec<f64> = per_layer.chunks(2).map(|c| c[0] + c[1]).collect();
+        let per_nat = totals
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v / [1.5, 4.0][i % 2])
+            .collect();
         Analysis {
             queries: vec![query("q1"), query("q2")],
             prepared: vec![PreparedQueries {
@@ -626,6 +637,7 @@ mod tests {
                 queries: 2,
                 docs,
                 totals,
+                per_nat,
                 per_layer,
                 row_weights: vec![Vec::new(); 3],
                 stats: ScoreStats::default(),

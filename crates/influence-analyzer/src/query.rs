@@ -260,56 +260,72 @@ pub fn prepare_with(
             .ok_or_else(|| {
                 AnalyzerError::Mismatch(format!("no query gradient for layer {}", spec.name))
             })?;
-        let lf = factors
-            .layers
-            .iter()
-            .find(|f| f.name == spec.name)
-            .ok_or_else(|| {
-                AnalyzerError::Mismatch(format!(
-                    "window {} has no factors for layer {}",
-                    factors.window, spec.name
-                ))
-            })?;
         let (d_out, d_in) = (spec.d_out, spec.d_in_aug());
         let window_layer = || format!("window {} layer {}", factors.window, spec.name);
-        // Token-wise influence splits the full-space EK-FAC score whatever the sketches are.
-        let full_strategy = match (&lf.sketch_basis, config.strategy) {
-            (Some(_), Strategy::Diagonal) => {
-                return Err(AnalyzerError::argument(
-                    "strategy",
-                    format!(
-                        "diagonal works in the parameter basis, but the sketches of {} are \
-                         eigenbasis coordinates (use ekfac, kfac or identity)",
-                        window_layer()
-                    ),
-                ));
-            }
-            (_, s) => s,
-        };
-        let named = |source| AnalyzerError::Preconditioner {
-            what: window_layer(),
-            source,
-        };
-        let pre = Preconditioner::new(lf, full_strategy, config.damping).map_err(named)?;
-        let sub = match &lf.sketch_basis {
-            Some(b) => {
-                if config.rank.is_some() {
+        let (pre, sub) = match factors.layers.iter().find(|f| f.name == spec.name) {
+            None => {
+                // A store written without factors (`factors = false`): random-projection
+                // sketches score with the plain gradient (learning-rate weighted if asked).
+                if config.strategy != Strategy::Identity
+                    || run.sketch_scheme != influence_core::SketchScheme::Random
+                {
                     return Err(AnalyzerError::argument(
-                        "rank",
+                        "strategy",
                         format!(
-                            "applies to random-projection sketches; {} stores eigenbasis \
-                             coordinates",
-                            window_layer()
+                            "{} has no factors (the store was written with factors = false?): \
+                             only strategy identity can score it, and only random-projection \
+                             sketches (this run's are {:?}, the strategy is {:?})",
+                            window_layer(),
+                            run.sketch_scheme,
+                            config.strategy
                         ),
                     ));
                 }
-                check_basis(b, &window_layer(), d_out, d_in, spec.sketch_len())?;
-                Some(
-                    SubspacePreconditioner::new(lf, config.strategy, config.damping)
-                        .map_err(named)?,
-                )
+                (Preconditioner::identity(d_out, d_in), None)
             }
-            None => None,
+            Some(lf) => {
+                // Token-wise influence splits the full-space EK-FAC score whatever the
+                // sketches are.
+                let full_strategy = match (&lf.sketch_basis, config.strategy) {
+                    (Some(_), Strategy::Diagonal) => {
+                        return Err(AnalyzerError::argument(
+                            "strategy",
+                            format!(
+                                "diagonal works in the parameter basis, but the sketches of {} \
+                                 are eigenbasis coordinates (use ekfac, kfac or identity)",
+                                window_layer()
+                            ),
+                        ));
+                    }
+                    (_, s) => s,
+                };
+                let named = |source| AnalyzerError::Preconditioner {
+                    what: window_layer(),
+                    source,
+                };
+                let pre = Preconditioner::new(lf, full_strategy, config.damping).map_err(named)?;
+                let sub = match &lf.sketch_basis {
+                    Some(b) => {
+                        if config.rank.is_some() {
+                            return Err(AnalyzerError::argument(
+                                "rank",
+                                format!(
+                                    "applies to random-projection sketches; {} stores eigenbasis \
+                                 coordinates",
+                                    window_layer()
+                                ),
+                            ));
+                        }
+                        check_basis(b, &window_layer(), d_out, d_in, spec.sketch_len())?;
+                        Some(
+                            SubspacePreconditioner::new(lf, config.strategy, config.damping)
+                                .map_err(named)?,
+                        )
+                    }
+                    None => None,
+                };
+                (pre, sub)
+            }
         };
         damping.push(sub.as_ref().map_or(pre.damping(), |s| s.damping()));
         row_metric.push(sub.as_ref().map_or_else(

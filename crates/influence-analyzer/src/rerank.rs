@@ -80,6 +80,9 @@ pub struct Reranked {
     /// `docs × queries`: each candidate's exact score for every query (computed for all
     /// queries at once; a candidate of one query is scored for all).
     pub exact: Vec<f64>,
+    /// `docs × queries`: the exact influence per nat, each window's part divided by the
+    /// query's nats at that window ([`crate::Scores::per_nat`]).
+    pub exact_per_nat: Vec<f64>,
     /// Per query: its own candidates (positions into `docs`), by exact score, highest first.
     pub ranking: Vec<Vec<usize>>,
     /// Counters.
@@ -97,6 +100,13 @@ impl Reranked {
         self.position
             .get(&d)
             .map(|&p| self.exact[p * self.queries + q])
+    }
+
+    /// The exact influence per nat of document `d` for query `q`, if it was a candidate.
+    pub fn exact_score_per_nat(&self, d: usize, q: usize) -> Option<f64> {
+        self.position
+            .get(&d)
+            .map(|&p| self.exact_per_nat[p * self.queries + q])
     }
 
     /// Query `q`'s `k` candidates of highest exact score, best first (indices into
@@ -167,11 +177,13 @@ impl Reranked {
                 "restrict: the scores are not the ones this re-ranking was built from".into(),
             ));
         }
-        let (docs, position, own) = candidates(scores, nq, n);
+        let cands = candidates(scores, nq, n);
+        let docs = &cands.docs;
         let mut exact = Vec::with_capacity(docs.len() * nq);
+        let mut exact_per_nat = Vec::with_capacity(docs.len() * nq);
         let mut windows = std::collections::BTreeSet::new();
         let mut gradients = 0;
-        for &d in &docs {
+        for &d in docs {
             let p = *self.position.get(&d).ok_or_else(|| {
                 AnalyzerError::Mismatch(format!(
                     "restrict: document {} is a candidate at n = {n} but was not re-scored; \
@@ -180,6 +192,7 @@ impl Reranked {
                 ))
             })?;
             exact.extend_from_slice(&self.exact[p * nq..(p + 1) * nq]);
+            exact_per_nat.extend_from_slice(&self.exact_per_nat[p * nq..(p + 1) * nq]);
             for &(w, _) in &scores.row_weights[d] {
                 if self.scored.contains(&w) {
                     windows.insert(w);
@@ -187,23 +200,48 @@ impl Reranked {
                 }
             }
         }
-        let ranking = rank_by_exact(own, &docs, &exact, nq);
-        let stats = RerankStats {
-            per_side: n,
-            documents: docs.len(),
-            windows: windows.len(),
-            gradients,
-            seconds: start.elapsed().as_secs_f64(),
-        };
-        Ok(Reranked {
+        Ok(Reranked::assemble(
+            cands,
+            exact,
+            exact_per_nat,
+            RerankStats {
+                per_side: n,
+                documents: 0,
+                windows: windows.len(),
+                gradients,
+                seconds: start.elapsed().as_secs_f64(),
+            },
+            self.scored.clone(),
+        ))
+    }
+
+    /// The re-ranking of `candidates` with their exact scores: each query's own candidates
+    /// ranked by exact score, and the documents count of `stats` set.
+    fn assemble(
+        candidates: Candidates,
+        exact: Vec<f64>,
+        exact_per_nat: Vec<f64>,
+        mut stats: RerankStats,
+        scored: Vec<u32>,
+    ) -> Reranked {
+        let Candidates {
+            docs,
+            position,
+            own,
+        } = candidates;
+        let queries = own.len();
+        let ranking = rank_by_exact(own, &docs, &exact, queries);
+        stats.documents = docs.len();
+        Reranked {
             docs,
             exact,
+            exact_per_nat,
             ranking,
             stats,
-            queries: nq,
+            queries,
             position,
-            scored: self.scored.clone(),
-        })
+            scored,
+        }
     }
 
     /// Query `q`'s `k` candidates of lowest exact score, most negative first.
@@ -246,7 +284,8 @@ pub fn rerank<T: Task>(
             "the analysis's scores and prepared queries disagree on the number of queries".into(),
         ));
     }
-    let (docs, position, own) = candidates(scores, nq, n);
+    let cands = candidates(scores, nq, n);
+    let docs = &cands.docs;
     let by_id: HashMap<u64, &Document> = corpus.iter().map(|d| (d.id, d)).collect();
     let documents: Vec<&Document> = docs
         .iter()
@@ -271,6 +310,7 @@ pub fn rerank<T: Task>(
     }
     let total: usize = per_window.iter().map(Vec::len).sum();
     let mut exact = vec![0.0f64; docs.len() * nq];
+    let mut exact_per_nat = vec![0.0f64; docs.len() * nq];
     let mut done = 0;
     let run = store.run();
     let inner = device.clone().inner();
@@ -310,17 +350,19 @@ pub fn rerank<T: Task>(
             let qt =
                 Tensor::<2>::from_data(TensorData::new(q.clone(), [nq, dim]), &inner).transpose();
             let pre = if config.normalize {
-                let lf = factors
-                    .layers
-                    .iter()
-                    .find(|f| f.name == spec.name)
-                    .ok_or_else(|| {
-                        AnalyzerError::Mismatch(format!(
+                match factors.layers.iter().find(|f| f.name == spec.name) {
+                    Some(lf) => Some(Preconditioner::new(lf, config.strategy, config.damping)?),
+                    // A store without factors, scored under identity ([`prepare_with`]).
+                    None if config.strategy == influence_ekfac::Strategy::Identity => {
+                        Some(Preconditioner::identity(spec.d_out, spec.d_in_aug()))
+                    }
+                    None => {
+                        return Err(AnalyzerError::Mismatch(format!(
                             "window {} has no factors for layer {}",
                             prepared.window, spec.name
-                        ))
-                    })?;
-                Some(Preconditioner::new(lf, config.strategy, config.damping)?)
+                        )));
+                    }
+                }
             } else {
                 None
             };
@@ -387,7 +429,9 @@ pub fn rerank<T: Task>(
                     w
                 };
                 for q in 0..nq {
-                    exact[p * nq + q] += w * f64::from(values[r * nq + q]);
+                    let v = w * f64::from(values[r * nq + q]);
+                    exact[p * nq + q] += v;
+                    exact_per_nat[p * nq + q] += v / prepared.nats[q];
                 }
                 done += 1;
                 progress(done, total);
@@ -403,34 +447,32 @@ pub fn rerank<T: Task>(
             )));
         }
     }
-    let ranking = rank_by_exact(own, &docs, &exact, nq);
     let stats = RerankStats {
         per_side: n,
-        documents: docs.len(),
+        documents: 0,
         windows: per_window.iter().filter(|m| !m.is_empty()).count(),
         gradients: done,
         seconds: start.elapsed().as_secs_f64(),
     };
-    tracing::info!("{}", stats.summary());
-    Ok(Reranked {
-        docs,
-        exact,
-        ranking,
-        stats,
-        queries: nq,
-        position,
-        scored: analysis.prepared.iter().map(|p| p.window).collect(),
-    })
+    let scored = analysis.prepared.iter().map(|p| p.window).collect();
+    let reranked = Reranked::assemble(cands, exact, exact_per_nat, stats, scored);
+    tracing::info!("{}", reranked.stats.summary());
+    Ok(reranked)
+}
+
+/// The candidates of a re-ranking: the distinct documents (indices into
+/// [`crate::Scores::docs`]), each one's position among them, and each query's own candidates
+/// (positions).
+struct Candidates {
+    docs: Vec<usize>,
+    position: HashMap<usize, usize>,
+    own: Vec<Vec<usize>>,
 }
 
 /// Per query its top and bottom `n` by sketch score, deduplicated within the query and across
 /// queries: the distinct candidates, each one's position among them, and each query's own
 /// candidates (positions).
-fn candidates(
-    scores: &crate::Scores,
-    nq: usize,
-    n: usize,
-) -> (Vec<usize>, HashMap<usize, usize>, Vec<Vec<usize>>) {
+fn candidates(scores: &crate::Scores, nq: usize, n: usize) -> Candidates {
     let mut docs: Vec<usize> = Vec::new();
     let mut position: HashMap<usize, usize> = HashMap::new();
     let mut own: Vec<Vec<usize>> = Vec::with_capacity(nq);
@@ -447,7 +489,11 @@ fn candidates(
         }
         own.push(mine);
     }
-    (docs, position, own)
+    Candidates {
+        docs,
+        position,
+        own,
+    }
 }
 
 /// Each query's own candidates by exact score, highest first (ties by document index); a

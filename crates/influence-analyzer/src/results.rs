@@ -27,7 +27,10 @@ pub struct Ranked {
     /// candidate.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exact: Option<f64>,
-    /// `score` divided by the completion's nats `−log p(completion | prompt)`.
+    /// The influence per nat: each scored window's part of the score (the exact one when
+    /// re-ranked) divided by the completion's nats `−log p(completion | prompt)` at that
+    /// window's checkpoint, summed over windows ([`crate::Scores::per_nat`]); `score / nats`
+    /// with one window.
     pub score_per_nat: f64,
     /// The score split by layer (store order).
     pub per_layer: Vec<f64>,
@@ -85,6 +88,9 @@ impl Analysis {
     fn ranked(&self, q: usize, d: usize, rank: usize, exact: Option<&Reranked>) -> Ranked {
         let s = &self.scores;
         let score = s.score(d, q);
+        let per_nat = exact
+            .and_then(|r| r.exact_score_per_nat(d, q))
+            .unwrap_or_else(|| s.score_per_nat(d, q));
         let exact = exact.and_then(|r| r.exact_score(d, q));
         Ranked {
             rank,
@@ -92,7 +98,7 @@ impl Analysis {
             source: s.docs[d].source.to_string(),
             score,
             exact,
-            score_per_nat: exact.unwrap_or(score) / self.nats()[q],
+            score_per_nat: per_nat,
             per_layer: s.layer_scores(d, q).to_vec(),
             rows: s.docs[d].rows,
         }
@@ -108,7 +114,7 @@ impl Analysis {
     /// from this analysis by [`crate::rerank()`]): the top list is the N candidates of highest
     /// exact score, then sketch order beyond them ([`Reranked::merged_top`]), the bottom list
     /// likewise from the lowest. A re-scored document carries both its sketch and its exact
-    /// score, and `score_per_nat` divides the exact one.
+    /// score, and `score_per_nat` is the exact one's.
     pub fn report_reranked(&self, reranked: &Reranked, top_k: usize, bottom_k: usize) -> Report {
         self.report_with(top_k, bottom_k, Some(reranked))
     }

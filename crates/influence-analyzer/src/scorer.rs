@@ -64,6 +64,14 @@ pub struct Scores {
     pub totals: Vec<f64>,
     /// `docs × queries × layers`: the same, split by layer.
     pub per_layer: Vec<f64>,
+    /// `docs × queries`: the influence per nat, `Σ_w s_w / nats_w`: each window's part of the
+    /// score divided by the query's `−log p(completion | prompt)` at that window's checkpoint
+    /// (equal to `totals / nats` with one window). A window's score is a first-order change of
+    /// the query's loss at its checkpoint; dividing each by the loss it changes keeps windows
+    /// whose checkpoints predict the completion differently well on one scale, where dividing a
+    /// multi-window sum by the last window's nats would weigh early windows by a loss they never
+    /// had.
+    pub per_nat: Vec<f64>,
     /// Per document: `(window, weight)` for every window in which it has rows, the weight the
     /// sum of its rows' weights there (1 a row, or its learning rate under
     /// [`ScoreConfig::lr_weighting`]) — what an exact re-score of the window weighs by
@@ -77,6 +85,18 @@ impl Scores {
     /// The score of document `d` (index into [`Scores::docs`]) for query `q`.
     pub fn score(&self, d: usize, q: usize) -> f64 {
         self.totals[d * self.queries + q]
+    }
+
+    /// The influence per nat of document `d` for query `q` ([`Scores::per_nat`]).
+    pub fn score_per_nat(&self, d: usize, q: usize) -> f64 {
+        self.per_nat[d * self.queries + q]
+    }
+
+    /// Query `q`'s influence per nat for every document, in [`Scores::docs`] order.
+    pub fn per_nat_column(&self, q: usize) -> Vec<f64> {
+        (0..self.docs.len())
+            .map(|d| self.score_per_nat(d, q))
+            .collect()
     }
 
     /// The per-layer split of [`Scores::score`].
@@ -194,6 +214,7 @@ struct Accumulator {
     index: HashMap<u64, usize>,
     docs: Vec<DocInfo>,
     totals: Vec<f64>,
+    per_nat: Vec<f64>,
     per_layer: Vec<f64>,
     row_weights: Vec<Vec<(u32, f64)>>,
     nonfinite_logged: usize,
@@ -213,13 +234,15 @@ impl Accumulator {
             tokens: 0,
         });
         self.totals.extend(std::iter::repeat_n(0.0, self.nq));
+        self.per_nat.extend(std::iter::repeat_n(0.0, self.nq));
         self.per_layer
             .extend(std::iter::repeat_n(0.0, self.nq * self.nl));
         self.row_weights.push(Vec::new());
         d
     }
 
-    /// `scores`: `rows × (layers · queries)`, layer-major within a row; `norms`: each row's
+    /// `scores`: `rows × (layers · queries)`, layer-major within a row; `nats`: per query, the
+    /// window's `−log p(completion | prompt)`; `norms`: each row's
     /// norm in the scoring metric when rows are normalised. A row with a non-finite score or
     /// norm (a sketch that holds NaN or ∞, or overflows in the matmul) adds nothing — not even
     /// its document — and is counted in the returned number and logged.
@@ -228,6 +251,7 @@ impl Accumulator {
         window: u32,
         chunk: &SketchChunk,
         scores: &[f32],
+        nats: &[f64],
         norms: Option<&[f32]>,
         lr_weighting: bool,
     ) -> u64 {
@@ -277,6 +301,7 @@ impl Accumulator {
                     let v = w * f64::from(row[l * nq + q]);
                     self.per_layer[(d * nq + q) * nl + l] += v;
                     self.totals[d * nq + q] += v;
+                    self.per_nat[d * nq + q] += v / nats[q];
                 }
             }
         }
@@ -303,6 +328,16 @@ pub fn score_store(
             "no queries, or a different number per window",
         ));
     }
+    for p in prepared {
+        if let Some(q) = p.nats.iter().position(|n| !(n.is_finite() && *n > 0.0)) {
+            return Err(AnalyzerError::NonFinite(format!(
+                "window {}: query #{q} has −log p(completion | prompt) = {}: influence per nat \
+                 needs a finite positive value",
+                p.window, p.nats[q]
+            )));
+        }
+    }
+    let nats: HashMap<u32, &[f64]> = prepared.iter().map(|p| (p.window, &p.nats[..])).collect();
     let device = device.clone().inner();
     // Per window and layer: Qᵀ as a `[k_g·k_a, queries]` tensor on the device, and the row
     // metric as a `[k_g·k_a, 1]` column when rows are normalised.
@@ -372,6 +407,7 @@ pub fn score_store(
         index: HashMap::new(),
         docs: Vec::new(),
         totals: Vec::new(),
+        per_nat: Vec::new(),
         per_layer: Vec::new(),
         row_weights: Vec::new(),
         nonfinite_logged: 0,
@@ -425,6 +461,7 @@ pub fn score_store(
                     shard.window,
                     &chunk,
                     &scores,
+                    nats[&shard.window],
                     norms.as_deref(),
                     config.lr_weighting,
                 );
@@ -446,6 +483,7 @@ pub fn score_store(
         queries: nq,
         docs: acc.docs,
         totals: acc.totals,
+        per_nat: acc.per_nat,
         per_layer: acc.per_layer,
         row_weights: acc.row_weights,
         stats,

@@ -111,7 +111,10 @@ fn prepared() -> Vec<PreparedQueries> {
                 })
                 .collect(),
             preconditioned: Vec::new(),
-            nats: vec![1.0; QUERIES],
+            // Different per window and query, so that influence per nat is not a rescaling.
+            nats: (0..QUERIES)
+                .map(|q| 0.5 + f64::from(window) + 0.25 * q as f64)
+                .collect(),
             damping: vec![0.1; 2],
             row_metric: run
                 .layers
@@ -209,6 +212,51 @@ fn check(s: &Scores, want: &std::collections::BTreeMap<u64, Vec<Vec<f64>>>) {
     }
 }
 
+/// Influence per nat: each window's part of the score divided by that window's nats, summed.
+fn check_per_nat(
+    s: &Scores,
+    batches: &[SketchBatch],
+    prepared: &[PreparedQueries],
+    lr: bool,
+    normalize: bool,
+) {
+    let mut want: std::collections::BTreeMap<u64, Vec<f64>> = Default::default();
+    for p in prepared {
+        let mine: Vec<SketchBatch> = batches
+            .iter()
+            .filter(|b| b.window == p.window)
+            .cloned()
+            .collect();
+        for (id, per_query) in reference(&mine, prepared, lr, normalize) {
+            let e = want.entry(id).or_insert_with(|| vec![0.0; QUERIES]);
+            for (q, layers) in per_query.iter().enumerate() {
+                e[q] += layers.iter().sum::<f64>() / p.nats[q];
+            }
+        }
+    }
+    let mut differs = false;
+    for q in 0..QUERIES {
+        let scale = want.values().fold(0.0f64, |m, v| m.max(v[q].abs()));
+        for (d, doc) in s.docs.iter().enumerate() {
+            let w = want[&doc.id][q];
+            let got = s.score_per_nat(d, q);
+            assert!(
+                (got - w).abs() < 1e-5 * scale,
+                "doc {} query {q}: per nat {got}, want {w}",
+                doc.id
+            );
+            // Dividing the sum by the last window's nats (the old definition) gives otherwise.
+            let last = s.score(d, q) / prepared[prepared.len() - 1].nats[q];
+            differs |= (last - w).abs() > 1e-3 * scale;
+        }
+        assert_eq!(s.per_nat_column(q).len(), s.docs.len());
+    }
+    assert!(
+        differs,
+        "the per-nat check cannot tell the definitions apart"
+    );
+}
+
 #[test]
 fn scorer_equals_brute_force_on_every_window_and_layer() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -224,7 +272,15 @@ fn scorer_equals_brute_force_on_every_window_and_layer() {
             batches.iter().map(|b| b.rows.len() as u64).sum::<u64>()
         );
         check(&s, &reference(&batches, &prepared, lr, normalize));
+        check_per_nat(&s, &batches, &prepared, lr, normalize);
     }
+    // A query whose nats are not finite and positive cannot be scored per nat: an error naming
+    // the window and the query.
+    let mut bad = prepared.clone();
+    bad[1].nats[2] = 0.0;
+    let e = score_store(&store, &bad, &ScoreConfig::default(), &device, &mut |_| {})
+        .expect_err("zero nats");
+    assert!(e.to_string().contains("window 1: query #2"), "{e}");
     // Normalising (the default) changes the scores (the test would pass vacuously otherwise).
     let plain = score_store(
         &store,

@@ -667,10 +667,10 @@ impl Results {
             .collect();
 
         let percents = an::percent_grid();
-        let curves = columns
-            .iter()
-            .zip(nats)
-            .map(|(c, &n)| an::concentration_curve(c, n, &percents))
+        // On influence per nat (each window's part divided by that window's nats), so the
+        // absolute curve is per nat over several windows too: the scores are already divided.
+        let curves = (0..s.queries)
+            .map(|q| an::concentration_curve(&s.per_nat_column(q), 1.0, &percents))
             .collect::<Result<Vec<_>, _>>()?;
         let outcomes: Vec<String> = meta.iter().map(Scored::outcome).collect();
         let group_curves = an::group_mean_curves(&curves, &outcomes)?;
@@ -686,7 +686,7 @@ impl Results {
                 .collect()
         };
         let alpha = |i: usize| power_laws[i].as_ref().map(|p| p.alpha);
-        let total = |i: usize| Some(curves[i].total_positive / nats[i].max(1e-12));
+        let total = |i: usize| Some(curves[i].total_positive);
         let alpha_test =
             an::welch_t_test(&pick("factual", &alpha), &pick("reasoning", &alpha)).ok();
         let total_test =
@@ -1029,8 +1029,8 @@ impl Results {
                         Text(m.task.clone()),
                         opt_bool(m.correct),
                         Number(nats[q]),
+                        Number(s.column(q).iter().filter(|&&v| v > 0.0).sum()),
                         Number(self.curves[q].total_positive),
-                        Number(self.curves[q].total_positive / nats[q].max(1e-12)),
                         opt_num(self.power_laws[q].as_ref().map(|p| p.alpha)),
                         self.hits
                             .first()

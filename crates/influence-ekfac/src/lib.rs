@@ -200,6 +200,8 @@ pub fn damping_of(
 #[derive(Clone, Debug)]
 pub struct Preconditioner {
     strategy: Strategy,
+    /// `(d_out, d_in)` of the gradients it applies to.
+    shape: (usize, usize),
     q_a: Mat<f64>,
     q_s: Mat<f64>,
     /// `Λ + λ`, `d_out × d_in`.
@@ -230,11 +232,27 @@ impl Preconditioner {
         };
         Ok(Self {
             strategy,
+            shape: (ds, da),
             q_a,
             q_s,
             denom: Mat::from_fn(ds, da, |i, j| curvature[(i, j)] + damping),
             damping,
         })
+    }
+
+    /// The identity preconditioner of a `d_out × d_in` gradient ([`Strategy::Identity`]),
+    /// which needs no factors: what scores a store written without them (`factors = false`).
+    /// Like [`Preconditioner::new`] under identity, its `Λ` is 0 and its damping 1, so that
+    /// `Λ + λ = 1`: the plain gradient.
+    pub fn identity(d_out: usize, d_in: usize) -> Self {
+        Self {
+            strategy: Strategy::Identity,
+            shape: (d_out, d_in),
+            q_a: Mat::zeros(0, 0),
+            q_s: Mat::zeros(0, 0),
+            denom: Mat::zeros(0, 0),
+            damping: 1.0,
+        }
     }
 
     /// The damping `λ` in use.
@@ -244,7 +262,7 @@ impl Preconditioner {
 
     /// `(F + λI)⁻¹ G` for a gradient `G` (`d_out × d_in` row-major).
     pub fn apply(&self, grad: &[f64]) -> Result<Vec<f64>, EkfacError> {
-        let (ds, da) = (self.q_s.nrows(), self.q_a.nrows());
+        let (ds, da) = self.shape;
         if grad.len() != ds * da {
             return Err(EkfacError::Shape {
                 what: "gradient".into(),
@@ -268,7 +286,7 @@ impl Preconditioner {
     /// `⟨G, (F + λI)⁻¹ G⟩`, the squared norm of a gradient in the preconditioned metric, without
     /// forming `(F + λI)⁻¹ G` (one rotation instead of two).
     pub fn quadratic(&self, grad: &[f64]) -> Result<f64, EkfacError> {
-        let (ds, da) = (self.q_s.nrows(), self.q_a.nrows());
+        let (ds, da) = self.shape;
         if grad.len() != ds * da {
             return Err(EkfacError::Shape {
                 what: "gradient".into(),

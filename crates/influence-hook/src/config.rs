@@ -216,7 +216,7 @@ impl HookConfig {
                 );
             }
         }
-        if let SketchScheme::Eigenbasis { max_side, .. } = self.sketch_scheme {
+        if let SketchScheme::Eigenbasis { max_side, .. } = self.effective_scheme() {
             let sizes = std::iter::once((self.k_a, self.k_g))
                 .chain(self.sketch_sizes.iter().map(|s| (s.k_a, s.k_g)));
             for (k_a, k_g) in sizes {
