@@ -48,57 +48,73 @@ fn store(dir: &std::path::Path) -> (Store, Vec<SketchBatch>) {
 
 /// [`store`], each batch passed through `edit` before it is written (and returned).
 fn store_with(dir: &std::path::Path, edit: impl Fn(&mut SketchBatch)) -> (Store, Vec<SketchBatch>) {
-    let run = run();
-    let mut rng = StdRng::seed_from_u64(7);
-    let config = StoreConfig {
-        dtype: SketchDtype::F32,
-        batch_rows: 8,
-        shard_rows: 16,
-        ..StoreConfig::default()
-    };
-    let mut w = StoreWriter::create(dir, config).expect("create");
-    w.begin(&run).expect("begin");
-    let mut batches = Vec::new();
-    for step in 0..30u64 {
-        let rows = rng.random_range(1..7usize);
-        let mut ids: Vec<u64> = (0..40).collect();
-        ids.shuffle(&mut rng);
-        let mut b = SketchBatch {
-            step,
-            window: (step / WINDOW_STEPS) as u32,
-            learning_rate: 0.01 / (1.0 + step as f64),
-            rows: ids[..rows]
-                .iter()
-                .map(|&id| SketchRowMeta {
-                    doc_id: id,
-                    loss: None,
-                    tokens: 10,
-                    source: ["x", "y"][(id % 2) as usize].into(),
-                })
-                .collect(),
-            sketches: run
-                .layers
-                .iter()
-                .map(|l| {
-                    (0..rows * l.sketch_len())
-                        .map(|_| rng.random_range(-1.0..1.0))
-                        .collect()
-                })
-                .collect(),
-            skipped: Vec::new(),
-        };
-        edit(&mut b);
+    let mut w = StoreWriter::create(dir, store_config()).expect("create");
+    w.begin(&run()).expect("begin");
+    let mut batches = synthetic_batches(30);
+    for b in &mut batches {
+        edit(b);
         w.sketches(b.clone()).expect("sketches");
-        batches.push(b);
     }
     w.finish().expect("finish");
     (Store::open(dir).expect("open"), batches)
 }
 
+/// f32 sketches, small record batches and shards (many of them).
+fn store_config() -> StoreConfig {
+    StoreConfig {
+        dtype: SketchDtype::F32,
+        batch_rows: 8,
+        shard_rows: 16,
+        ..StoreConfig::default()
+    }
+}
+
+/// `steps` steps with 1–6 documents each drawn from 40 ids, random sketches (seeded).
+fn synthetic_batches(steps: u64) -> Vec<SketchBatch> {
+    let run = run();
+    let mut rng = StdRng::seed_from_u64(7);
+    (0..steps)
+        .map(|step| {
+            let rows = rng.random_range(1..7usize);
+            let mut ids: Vec<u64> = (0..40).collect();
+            ids.shuffle(&mut rng);
+            SketchBatch {
+                step,
+                window: (step / WINDOW_STEPS) as u32,
+                learning_rate: 0.01 / (1.0 + step as f64),
+                rows: ids[..rows]
+                    .iter()
+                    .map(|&id| SketchRowMeta {
+                        doc_id: id,
+                        loss: None,
+                        tokens: 10,
+                        source: ["x", "y"][(id % 2) as usize].into(),
+                    })
+                    .collect(),
+                sketches: run
+                    .layers
+                    .iter()
+                    .map(|l| {
+                        (0..rows * l.sketch_len())
+                            .map(|_| rng.random_range(-1.0..1.0))
+                            .collect()
+                    })
+                    .collect(),
+                skipped: Vec::new(),
+            }
+        })
+        .collect()
+}
+
 fn prepared() -> Vec<PreparedQueries> {
+    prepared_windows(3)
+}
+
+/// Random prepared queries for windows `0..windows`.
+fn prepared_windows(windows: u32) -> Vec<PreparedQueries> {
     let run = run();
     let mut rng = StdRng::seed_from_u64(9);
-    (0..3)
+    (0..windows)
         .map(|window| PreparedQueries {
             window,
             sketches: run
@@ -404,4 +420,73 @@ fn wgpu_scores_equal_cpu_scores() {
             );
         }
     }
+}
+
+/// Querying a store while its writer is still running scores a consistent snapshot: the shards
+/// the manifest had committed when the store was opened, every row of them once, exactly the
+/// reference over those steps, never a half-written shard. The writer runs on another thread
+/// (its background thread behind it), committing a shard every few steps, while this thread
+/// opens and scores the store over and over.
+#[test]
+fn scoring_while_the_writer_runs_sees_committed_shards_only() {
+    const STEPS: u64 = 300;
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().to_path_buf();
+    let batches = synthetic_batches(STEPS);
+    let prepared = prepared_windows((STEPS / WINDOW_STEPS) as u32);
+    let config = ScoreConfig::default().normalize(false);
+    let device = Device::flex();
+    let mut w = StoreWriter::create(&path, store_config()).expect("create");
+    w.begin(&run()).expect("begin");
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let mut snapshots = std::collections::BTreeSet::new();
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            for b in &batches {
+                w.sketches(b.clone()).expect("sketches");
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            w.finish().expect("finish");
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            // Before its first shard is committed a store has no manifest yet: a clear error.
+            let store = match Store::open(&path) {
+                Ok(store) => store,
+                Err(influence_store::StoreError::Missing { path: p, .. })
+                    if p.ends_with("manifest.json") && snapshots.is_empty() =>
+                {
+                    continue;
+                }
+                Err(e) => panic!("a running store must open: {e}"),
+            };
+            let shards = &store.manifest().shards;
+            let Some(last) = shards.last().map(|s| s.last_step) else {
+                continue;
+            };
+            let s = score_store(&store, &prepared, &config, &device, &mut |_| {})
+                .expect("scoring a running store");
+            let committed: Vec<SketchBatch> =
+                batches.iter().filter(|b| b.step <= last).cloned().collect();
+            assert_eq!(
+                s.stats.rows,
+                shards.iter().map(|s| s.rows).sum::<u64>(),
+                "every committed row once"
+            );
+            assert_eq!(
+                s.stats.rows,
+                committed.iter().map(|b| b.rows.len() as u64).sum::<u64>(),
+                "the snapshot up to step {last} is whole"
+            );
+            check(&s, &reference(&committed, &prepared, false, false));
+            snapshots.insert(last);
+        }
+        writer.join().expect("writer thread");
+    });
+    let mid_write = snapshots.iter().filter(|&&s| s + 1 < STEPS).count();
+    assert!(
+        mid_write >= 3,
+        "only {mid_write} snapshots taken while the writer ran: {snapshots:?}"
+    );
+    println!("{} snapshots scored while writing", snapshots.len());
 }
