@@ -140,17 +140,28 @@ fn batch(f: &Fixture, reduction: LossReduction) -> (Item, StepBatch) {
             .collect(),
         loss_tokens: None,
         token_loss: None,
+        loss_multiplier: None,
     };
     (it, sb)
+}
+
+/// Arms the hook, runs the forward and backward pass of `it` and captures it as `sb`.
+fn captured(f: &Fixture, it: &Item, sb: &StepBatch) -> Result<(), influence_hook::HookError> {
+    f.hook.arm();
+    let mut grads = f.net.fit_loss(it, FitLabels::Empirical).backward();
+    f.hook.capture(&mut grads, sb, it)
+}
+
+/// [`captured`], then the end of the step (learning rate 0.1, no parameter update).
+fn hooked_step(f: &Fixture, it: &Item, sb: &StepBatch) {
+    captured(f, it, sb).expect("capture");
+    f.hook.end_step(0.1, &f.net).expect("end step");
 }
 
 /// One hooked step (no parameter update, so the checkpoint equals the step's model) and finish.
 fn run_step(f: &Fixture, reduction: LossReduction) -> MemoryStore {
     let (it, sb) = batch(f, reduction);
-    f.hook.arm();
-    let mut grads = f.net.fit_loss(&it, FitLabels::Empirical).backward();
-    f.hook.capture(&mut grads, &sb, &it).expect("capture");
-    f.hook.end_step(0.1, &f.net).expect("end step");
+    hooked_step(&f, &it, &sb);
     f.hook.finish(&f.net).expect("finish");
     f.sink.store().clone()
 }
@@ -346,10 +357,7 @@ fn token_subsample_and_schedule_count_tokens() {
     let f = fixture(config);
     for _ in 0..3 {
         let (it, sb) = batch(&f, LossReduction::Sum);
-        f.hook.arm();
-        let mut grads = f.net.fit_loss(&it, FitLabels::Empirical).backward();
-        f.hook.capture(&mut grads, &sb, &it).expect("capture");
-        f.hook.end_step(0.1, &f.net).expect("end step");
+        hooked_step(&f, &it, &sb);
     }
     f.hook.finish(&f.net).expect("finish");
     let store = f.sink.store();
@@ -366,12 +374,7 @@ fn bad_batches_and_call_order_are_reported() {
     let f = fixture(exact_config(LossReduction::Sum));
     let (it, mut sb) = batch(&f, LossReduction::Sum);
     sb.doc_index[0] = 9;
-    f.hook.arm();
-    let mut grads = f.net.fit_loss(&it, FitLabels::Empirical).backward();
-    let e = f
-        .hook
-        .capture(&mut grads, &sb, &it)
-        .expect_err("bad doc index");
+    let e = captured(&f, &it, &sb).expect_err("bad doc index");
     assert!(e.to_string().contains("doc_index[0] = 9"), "{e}");
     // The hook stays failed and says why.
     let e = f.hook.finish(&f.net).expect_err("failed");
@@ -383,12 +386,7 @@ fn bad_batches_and_call_order_are_reported() {
     let (it, mut sb) = batch(&f, LossReduction::Sum);
     sb.batch_size = 2;
     sb.seq_len = 6;
-    f.hook.arm();
-    let mut grads = f.net.fit_loss(&it, FitLabels::Empirical).backward();
-    let e = f
-        .hook
-        .capture(&mut grads, &sb, &it)
-        .expect_err("shape mismatch");
+    let e = captured(&f, &it, &sb).expect_err("shape mismatch");
     assert!(
         e.to_string()
             .contains("layer layer: its input is [3, 4, 5]")
@@ -440,10 +438,7 @@ fn eigenbasis_sketches_are_coordinates_of_exact_gradients_in_the_recorded_basis(
     let f = fixture(config);
     let (it, sb) = batch(&f, LossReduction::MeanOverTokens);
     for _ in 0..2 {
-        f.hook.arm();
-        let mut grads = f.net.fit_loss(&it, FitLabels::Empirical).backward();
-        f.hook.capture(&mut grads, &sb, &it).expect("capture");
-        f.hook.end_step(0.1, &f.net).expect("end step");
+        hooked_step(&f, &it, &sb);
     }
     f.hook.finish(&f.net).expect("finish");
     let store = f.sink.store().clone();
@@ -523,10 +518,7 @@ fn padding_only_batches_leave_factors_and_rows_as_if_absent() {
                         it.scale = f64::NAN; // 1 / 0 tokens, as a mean loss would divide
                     }
                 }
-                f.hook.arm();
-                let mut grads = f.net.fit_loss(&it, FitLabels::Empirical).backward();
-                f.hook.capture(&mut grads, &sb, &it).expect("capture");
-                f.hook.end_step(0.1, &f.net).expect("end step");
+                hooked_step(&f, &it, &sb);
             }
             f.hook.finish(&f.net).expect("finish");
             f.sink.store().clone()
@@ -557,12 +549,8 @@ fn nan_step(
     f.x[0] = f32::NAN; // document 0's first token, feature 0
     for _ in 0..steps {
         let (it, sb) = batch(&f, LossReduction::Sum);
-        f.hook.arm();
-        let mut grads = f.net.fit_loss(&it, FitLabels::Empirical).backward();
-        let outcome = f
-            .hook
-            .capture(&mut grads, &sb, &it)
-            .and_then(|()| f.hook.end_step(0.1, &f.net).map(|_| ()));
+        let outcome =
+            captured(&f, &it, &sb).and_then(|()| f.hook.end_step(0.1, &f.net).map(|_| ()));
         if outcome.is_err() {
             return (outcome, f.sink.store().clone());
         }
@@ -618,10 +606,7 @@ fn non_finite_documents_are_skipped_or_fail_by_policy() {
             .map(|&d| if d >= 0 { 1.0 } else { 0.0 })
             .collect();
         it.w = Tensor::from_data(TensorData::new(w, [B, S, 1]), &clean.device);
-        clean.hook.arm();
-        let mut grads = clean.net.fit_loss(&it, FitLabels::Empirical).backward();
-        clean.hook.capture(&mut grads, &sb, &it).expect("capture");
-        clean.hook.end_step(0.1, &clean.net).expect("end step");
+        hooked_step(&clean, &it, &sb);
         clean.hook.finish(&clean.net).expect("finish");
         clean.sink.store().clone()
     };
@@ -665,13 +650,92 @@ fn non_finite_documents_are_skipped_or_fail_by_policy() {
     for _ in 0..2 {
         let (mut it, sb) = batch(&f, LossReduction::Sum);
         it.x = it.x.clone() * f32::NAN;
-        f.hook.arm();
-        let mut grads = f.net.fit_loss(&it, FitLabels::Empirical).backward();
-        outcome = f.hook.capture(&mut grads, &sb, &it);
+        outcome = captured(&f, &it, &sb);
         if outcome.is_ok() {
             f.hook.end_step(0.1, &f.net).expect("end step");
         }
     }
     let err = outcome.expect_err("diverged").to_string();
     assert!(err.contains("2 consecutive steps"), "{err}");
+}
+
+/// Gradient accumulation: one optimizer step of two micro-batches, each loss a mean over its
+/// own tokens multiplied by ½ (divided by the two micro-batches, as accumulation does), passed
+/// as `loss_multiplier`. The second micro-batch's document has the same id as one of the
+/// first's (a document longer than a sequence, chunked across micro-batches). The step gets
+/// one row per document, each equal to autodiff of that document's sum loss alone, the split
+/// document's the sum of its parts; the factors count every token once. Without the
+/// multiplier the rows are off by the factor 2, so the check can fail.
+#[test]
+fn gradient_accumulation_merges_micro_batches_into_one_row_per_document() {
+    let micro = |f: &Fixture, multiplier: Option<f32>| -> MemoryStore {
+        // Micro-batch 1: documents 0, 1, 2 (positions 0–6); micro-batch 2: position 8, which
+        // belongs to document 3 in the fixture and is here a chunk of document 102.
+        let parts: [(&[usize], &[i32], &[u64]); 2] = [
+            (
+                &[0, 1, 2, 3, 4, 5, 6],
+                &[0, 0, 1, 1, 2, 2, 2],
+                &[100, 101, 102],
+            ),
+            (&[8], &[0], &[102]),
+        ];
+        for (positions, doc_index, ids) in parts {
+            // The loss is always divided by two: only the multiplier tells the hook.
+            let it = item(f, positions, 0.5 / positions.len() as f64);
+            let sb = StepBatch {
+                batch_size: 1,
+                seq_len: positions.len(),
+                doc_index: doc_index.to_vec(),
+                docs: ids
+                    .iter()
+                    .map(|&id| DocRef {
+                        id,
+                        source: "src".into(),
+                    })
+                    .collect(),
+                loss_tokens: None,
+                token_loss: None,
+                loss_multiplier: multiplier,
+            };
+            captured(&f, &it, &sb).expect("capture");
+        }
+        f.hook.end_step(0.1, &f.net).expect("end step");
+        f.hook.finish(&f.net).expect("finish");
+        f.sink.store().clone()
+    };
+    let f = fixture(exact_config(LossReduction::MeanOverTokens));
+    let store = micro(&f, Some(0.5));
+    let reference = reference_grads(&f);
+    let len = D_OUT * (D_IN + 1);
+    assert_eq!(store.batches.len(), 1, "one step");
+    let rows = &store.batches[0].rows;
+    assert_eq!(
+        rows.iter()
+            .map(|r| (r.doc_id, r.tokens))
+            .collect::<Vec<_>>(),
+        [(100, 2), (101, 2), (102, 4)],
+        "one row per document, the split one with all its tokens"
+    );
+    let split: Vec<f64> = reference[2]
+        .iter()
+        .zip(&reference[3])
+        .map(|(a, b)| a + b)
+        .collect();
+    for (id, want) in [(100, &reference[0]), (101, &reference[1]), (102, &split)] {
+        let got = sketch_of(&store.batches, 0, id, len);
+        let e = rel_err(&got, want);
+        assert!(e < 1e-5, "document {id}: relative error {e}");
+    }
+    assert_eq!(store.windows[0].layers[0].tokens, 8, "every token once");
+    // Without the multiplier the gradients are half what they should be.
+    let f = fixture(exact_config(LossReduction::MeanOverTokens));
+    let wrong = micro(&f, None);
+    let e = rel_err(&sketch_of(&wrong.batches, 0, 100, len), &reference[0]);
+    assert!(e > 0.4, "the multiplier must matter: {e}");
+    // A multiplier that is not finite and positive is refused, naming the field.
+    let f = fixture(exact_config(LossReduction::MeanOverTokens));
+    let (it, mut sb) = batch(&f, LossReduction::MeanOverTokens);
+    sb.loss_multiplier = Some(0.0);
+    let e = captured(&f, &it, &sb).expect_err("zero multiplier");
+    assert!(e.to_string().contains("loss_multiplier"), "{e}");
 }

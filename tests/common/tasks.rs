@@ -105,6 +105,7 @@ impl LinearTask {
             docs: refs,
             loss_tokens: None,
             token_loss: None,
+            loss_multiplier: None,
         }
     }
 }

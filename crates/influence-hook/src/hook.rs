@@ -41,6 +41,11 @@ pub struct StepBatch {
     pub loss_tokens: Option<usize>,
     /// Per-position training loss `[batch, seq]` (detached), to record each document's loss.
     pub token_loss: Option<Tensor<2>>,
+    /// The factor the reduced loss was multiplied by before `backward()`: a mixed-precision loss
+    /// scaler's scale, or `1/k` when `k` micro-batches are accumulated into one optimizer step
+    /// (or both, multiplied). The captured gradients are divided by it, so that sketches and
+    /// factors are those of the unscaled loss. `None` means 1.
+    pub loss_multiplier: Option<f32>,
 }
 
 /// Labels for a window-fit forward pass.
@@ -294,6 +299,13 @@ impl<B: Clone + Send + 'static> Hook<B> {
     ///
     /// Call after `loss.backward()` of a forward run after [`Hook::arm`], before building
     /// `GradientsParams`. `item` is the batch (kept if the reservoir samples it).
+    ///
+    /// With gradient accumulation (several forward/backward passes per optimizer step), call
+    /// `arm`, forward, backward and `capture` for every micro-batch, then [`Hook::end_step`] once:
+    /// the micro-batches' rows are merged into one row per document for the step (a document
+    /// split across micro-batches gets the sum of its parts, as its gradient is), and every
+    /// micro-batch's tokens enter the factors. Pass `1/k` (times any loss-scaler scale) in
+    /// [`StepBatch::loss_multiplier`] if the loss was divided by the `k` micro-batches.
     pub fn capture(
         &self,
         grads: &mut Gradients,
@@ -303,11 +315,6 @@ impl<B: Clone + Send + 'static> Hook<B> {
         let captures = self.tap.take();
         let mut st = self.lock();
         st.check()?;
-        if st.pending.is_some() {
-            return Err(HookError::Order(
-                "capture called twice without end_step in between".into(),
-            ));
-        }
         if captures.is_empty() {
             return Err(HookError::Order(
                 "no tracked layer ran since arm(): call hook.arm() before the forward pass".into(),
@@ -381,20 +388,33 @@ pub(crate) fn read(t: Tensor<2>, what: &str) -> Result<Vec<f32>, HookError> {
 }
 
 impl StepBatch {
-    /// The factor that turns a loss over this batch reduced with `reduction` back into the sum
-    /// over its loss-bearing tokens (what a probe's gradient is multiplied by).
+    /// The factor that turns a loss over this batch reduced with `reduction` (and multiplied by
+    /// [`StepBatch::loss_multiplier`]) back into the sum over its loss-bearing tokens (what a
+    /// probe's gradient is multiplied by).
     pub fn loss_scale(&self, reduction: LossReduction) -> f32 {
         let valid = self.doc_index.iter().filter(|&&d| d >= 0).count();
         scale_of(reduction, self, valid)
     }
+
+    /// Checks [`StepBatch::loss_multiplier`]: finite and positive.
+    fn check_multiplier(&self) -> Result<(), HookError> {
+        match self.loss_multiplier {
+            Some(m) if !(m.is_finite() && m > 0.0) => Err(HookError::Batch(format!(
+                "StepBatch.loss_multiplier is {m}: it must be finite and positive (the factor \
+                 the loss was multiplied by before backward)"
+            ))),
+            _ => Ok(()),
+        }
+    }
 }
 
 fn scale_of(reduction: LossReduction, batch: &StepBatch, valid: usize) -> f32 {
-    match reduction {
+    let reduced = match reduction {
         LossReduction::Sum => 1.0,
         LossReduction::MeanOverTokens => batch.loss_tokens.unwrap_or(valid) as f32,
         LossReduction::MeanOverSequences => batch.batch_size as f32,
-    }
+    };
+    reduced / batch.loss_multiplier.unwrap_or(1.0)
 }
 
 /// `(layer index, input [b, s, d_in], output gradient [b, s, d_out])` of every tracked call.
@@ -509,6 +529,7 @@ impl<B: Clone + Send + 'static> State<B> {
         if self.run.is_none() {
             self.begin(tap, &device)?;
         }
+        batch.check_multiplier()?;
         let segs = Segments::new(batch, &device)?;
         let scale = scale_of(self.config.loss_reduction, batch, segs.valid.len());
         let captured = gradients(captures, grads, &self.names(), scale)?;
@@ -539,7 +560,7 @@ impl<B: Clone + Send + 'static> State<B> {
             // recorded) but adds no rows, no factor tokens and no fit batch — as if the batch
             // were absent. (Its gradients are zero, or NaN from a 0/0 mean, and
             // `factor_tokens` would read "no tokens" as "every token".)
-            self.pending = Some(SketchBatch {
+            self.add_pending(SketchBatch {
                 step: self.step,
                 window: self.window.index,
                 learning_rate: f64::NAN,
@@ -603,7 +624,7 @@ impl<B: Clone + Send + 'static> State<B> {
         } else {
             Vec::new()
         };
-        self.pending = Some(SketchBatch {
+        self.add_pending(SketchBatch {
             step: self.step,
             window: self.window.index,
             learning_rate: f64::NAN,
@@ -752,10 +773,73 @@ impl<B: Clone + Send + 'static> State<B> {
         Ok(())
     }
 
+    /// Adds one capture's rows to the step's pending batch: the first capture of a step starts
+    /// it; a further micro-batch (gradient accumulation) adds its sketches to the rows of the
+    /// documents already there (sketches are linear in the gradient) and appends the others.
+    /// A document skipped for non-finite values in any micro-batch is left out of the step.
+    fn add_pending(&mut self, part: SketchBatch) {
+        let Some(p) = &mut self.pending else {
+            self.pending = Some(part);
+            return;
+        };
+        let lens: Vec<usize> = self.layers.iter().map(|l| l.spec.sketch_len()).collect();
+        let sketched = !part.rows.is_empty() && part.sketches.iter().all(|s| !s.is_empty());
+        for (r, row) in part.rows.into_iter().enumerate() {
+            let at = p.rows.iter().position(|x| x.doc_id == row.doc_id);
+            let j = match at {
+                Some(j) => {
+                    let x = &mut p.rows[j];
+                    x.loss = match (x.loss, row.loss) {
+                        (Some(a), Some(b)) => Some(
+                            (a * x.tokens as f32 + b * row.tokens as f32)
+                                / (x.tokens + row.tokens).max(1) as f32,
+                        ),
+                        _ => None,
+                    };
+                    x.tokens += row.tokens;
+                    j
+                }
+                None => {
+                    p.rows.push(row);
+                    p.rows.len() - 1
+                }
+            };
+            if !sketched {
+                continue;
+            }
+            for ((dst, src), &k) in p.sketches.iter_mut().zip(&part.sketches).zip(&lens) {
+                let src = &src[r * k..(r + 1) * k];
+                if at.is_some() {
+                    for (d, v) in dst[j * k..(j + 1) * k].iter_mut().zip(src) {
+                        *d += v;
+                    }
+                } else {
+                    dst.extend_from_slice(src);
+                }
+            }
+        }
+        p.skipped.extend(part.skipped);
+        // A document skipped in one micro-batch has no whole gradient for the step.
+        let gone: Vec<usize> = (0..p.rows.len())
+            .filter(|&j| p.skipped.iter().any(|s| s.doc_id == p.rows[j].doc_id))
+            .collect();
+        for &j in gone.iter().rev() {
+            p.rows.remove(j);
+            for (s, &k) in p.sketches.iter_mut().zip(&lens) {
+                if s.len() >= (j + 1) * k {
+                    s.drain(j * k..(j + 1) * k);
+                }
+            }
+        }
+    }
+
     fn reservoir_offer(&mut self, item: &B, batch: &StepBatch) {
         self.reservoir_seen += 1;
+        // The window fit re-runs the batch with the model's own fit loss, which the user's
+        // multiplier does not scale.
         let keep = StepBatch {
             token_loss: None,
+            loss_multiplier: None,
             ..batch.clone()
         };
         if self.reservoir.len() < self.config.fit_batches {

@@ -41,7 +41,7 @@
 //! let batch = StepBatch {
 //!     batch_size: 1, seq_len: 4, doc_index: vec![0; 4],
 //!     docs: vec![DocRef { id: 7, source: "demo".into() }],
-//!     loss_tokens: None, token_loss: None,
+//!     loss_tokens: None, token_loss: None, loss_multiplier: None,
 //! };
 //! for _ in 0..2 {
 //!     hook.arm();

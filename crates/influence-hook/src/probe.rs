@@ -29,6 +29,7 @@ use crate::{HookConfig, HookError};
 /// let batch = StepBatch {
 ///     batch_size: 1, seq_len: 4, doc_index: vec![0; 4],
 ///     docs: vec![DocRef { id: 0, source: "q".into() }], loss_tokens: None, token_loss: None,
+///     loss_multiplier: None,
 /// };
 /// let g = probe.document_gradients(&mut grads, &batch, 1.0).expect("gradients");
 /// // d(sum)/dW for 4 tokens of ones: every entry 4 (bias column included).

@@ -181,6 +181,7 @@ impl LmBatch {
             docs: self.host.docs.clone(),
             loss_tokens: None,
             token_loss,
+            loss_multiplier: None,
         }
     }
 }
