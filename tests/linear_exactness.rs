@@ -161,7 +161,7 @@ fn hooked_step(f: &Fixture, it: &Item, sb: &StepBatch) {
 /// One hooked step (no parameter update, so the checkpoint equals the step's model) and finish.
 fn run_step(f: &Fixture, reduction: LossReduction) -> MemoryStore {
     let (it, sb) = batch(f, reduction);
-    hooked_step(&f, &it, &sb);
+    hooked_step(f, &it, &sb);
     f.hook.finish(&f.net).expect("finish");
     f.sink.store().clone()
 }
@@ -697,7 +697,7 @@ fn gradient_accumulation_merges_micro_batches_into_one_row_per_document() {
                 token_loss: None,
                 loss_multiplier: multiplier,
             };
-            captured(&f, &it, &sb).expect("capture");
+            captured(f, &it, &sb).expect("capture");
         }
         f.hook.end_step(0.1, &f.net).expect("end step");
         f.hook.finish(&f.net).expect("finish");
