@@ -48,6 +48,14 @@ fn open_and_verify(dir: &Path, what: &str) -> Result<(), StoreError> {
     no_panic(what, || Store::open(dir)?.verify().map(|_| ()))
 }
 
+/// The file name of `file`, as errors print it.
+fn file_name(file: &Path) -> String {
+    file.file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// Every file the manifest names, with what the test expects of it.
 fn files(dir: &Path) -> Vec<PathBuf> {
     let m = Manifest::load(dir).expect("manifest");
@@ -102,11 +110,7 @@ fn corrupted_copies_of_a_real_store_are_rejected_clearly() {
     let (mut flips, mut truncations, mut forged_ok, mut forged_err) = (0, 0, 0, 0);
 
     for file in &files {
-        let name = file
-            .file_name()
-            .expect("name")
-            .to_string_lossy()
-            .into_owned();
+        let name = file_name(file);
         let original = std::fs::read(file).expect("read");
         let restore = || {
             std::fs::write(file, &original).expect("restore");
@@ -566,11 +570,7 @@ fn ten_thousand_seeded_mutations_never_panic() {
         } else {
             "shard"
         };
-        let name = file
-            .file_name()
-            .expect("name")
-            .to_string_lossy()
-            .into_owned();
+        let name = file_name(file);
         let bytes = mutate(&mut rng, original);
         if &bytes == original {
             unchanged += 1;
@@ -653,11 +653,7 @@ fn mutated_checkpoints_are_errors_or_finite_models_never_panics() {
     let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
     for i in 0..MUTATIONS {
         let file = &checkpoints[i % checkpoints.len()];
-        let name = file
-            .file_name()
-            .expect("name")
-            .to_string_lossy()
-            .into_owned();
+        let name = file_name(file);
         let original = std::fs::read(file).expect("read");
         let bytes = mutate(&mut rng, &original);
         std::fs::write(file, &bytes).expect("write");
