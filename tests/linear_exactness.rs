@@ -15,6 +15,7 @@ use influence_core::{LossReduction, MemorySink, MemoryStore, ProjectionKind};
 use influence_hook::{DocRef, FitLabels, FitLoss, Hook, HookConfig, StepBatch, TrackedLinear};
 use influence_tests::{linear_grad, project_dense, rel_err, rotate_dense, sketch_of};
 use rand::{Rng, SeedableRng, rngs::StdRng};
+use std::sync::{Arc, Mutex};
 
 const B: usize = 3;
 const S: usize = 4;
@@ -36,13 +37,36 @@ struct Item {
     r: Tensor<3>,
     w: Tensor<3>,
     scale: f64,
+    /// Every label draw of a sampled-Fisher fit: the seed and the noise `ε` (`[b, s, d_out]`,
+    /// row-major) added to the prediction.
+    drawn: Arc<Mutex<Vec<(u64, Vec<f32>)>>>,
 }
 
 impl FitLoss<Item> for Net {
-    /// `scale · ½ Σ_t w_t ‖y_t − r_t‖²`.
-    fn fit_loss(&self, it: &Item, _: FitLabels) -> Tensor<1> {
+    /// `scale · ½ Σ_t w_t ‖y_t − r_t‖²`, with `r_t` the item's targets, or, for sampled labels,
+    /// a draw from the model's predictive distribution `N(y_t, I)`: `r_t = y_t + ε_t` with
+    /// `ε_t` standard normal from the seed (Box–Muller on the host RNG), so the output gradient
+    /// is `−ε_t` whatever the targets.
+    fn fit_loss(&self, it: &Item, labels: FitLabels) -> Tensor<1> {
         let y = self.layer.forward(it.x.clone());
-        ((y - it.r.clone()).powf_scalar(2.0) * it.w.clone()).sum() * (0.5 * it.scale)
+        let r = match labels {
+            FitLabels::Empirical => it.r.clone(),
+            FitLabels::Sampled { seed } => {
+                let dims = y.dims();
+                let mut rng = StdRng::seed_from_u64(seed);
+                let eps: Vec<f32> = (0..dims.iter().product::<usize>())
+                    .map(|_| {
+                        let (u1, u2): (f64, f64) = (rng.random(), rng.random());
+                        ((-2.0 * (1.0 - u1).ln()).sqrt() * (std::f64::consts::TAU * u2).cos())
+                            as f32
+                    })
+                    .collect();
+                let noise = Tensor::from_data(TensorData::new(eps.clone(), dims), &y.device());
+                it.drawn.lock().expect("draw log").push((seed, eps));
+                y.clone().detach() + noise
+            }
+        };
+        ((y - r).powf_scalar(2.0) * it.w.clone()).sum() * (0.5 * it.scale)
     }
 }
 
@@ -107,6 +131,7 @@ fn item(f: &Fixture, positions: &[usize], scale: f64) -> Item {
         r: Tensor::from_data(TensorData::new(pick(&f.r, D_OUT), [1, n, D_OUT]), &f.device),
         w: Tensor::ones([1, n, 1], &f.device),
         scale,
+        drawn: Arc::default(),
     }
 }
 
@@ -127,6 +152,7 @@ fn batch(f: &Fixture, reduction: LossReduction) -> (Item, StepBatch) {
         r: Tensor::from_data(TensorData::new(f.r.clone(), [B, S, D_OUT]), &f.device),
         w: Tensor::from_data(TensorData::new(w, [B, S, 1]), &f.device),
         scale,
+        drawn: Arc::default(),
     };
     let sb = StepBatch {
         batch_size: B,
@@ -224,43 +250,8 @@ fn factors_equal_brute_force_sums_and_eigenvalues_the_brute_force_mean() {
     let layer = &store.windows[0].layers[0];
 
     // Brute force in f64: a_t with the bias 1, g_t = y_t − r_t (the sum loss's output gradient).
-    let w = influence_tests::host(f.net.layer.linear.weight.val());
-    let bias = influence_tests::host(
-        f.net
-            .layer
-            .linear
-            .bias
-            .as_ref()
-            .expect("bias")
-            .val()
-            .reshape([1, D_OUT]),
-    );
-    let da = D_IN + 1;
-    let (mut a_ref, mut s_ref) = (vec![0.0; da * da], vec![0.0; D_OUT * D_OUT]);
-    let valid: Vec<usize> = (0..B * S).filter(|&p| DOC_INDEX[p] >= 0).collect();
-    for &p in &valid {
-        let mut a: Vec<f64> = f.x[p * D_IN..(p + 1) * D_IN]
-            .iter()
-            .map(|&v| f64::from(v))
-            .collect();
-        a.push(1.0);
-        let g: Vec<f64> = (0..D_OUT)
-            .map(|o| {
-                let y: f64 = bias[o] + (0..D_IN).map(|i| a[i] * w[i * D_OUT + o]).sum::<f64>();
-                y - f64::from(f.r[p * D_OUT + o])
-            })
-            .collect();
-        for i in 0..da {
-            for j in 0..da {
-                a_ref[i * da + j] += a[i] * a[j] / valid.len() as f64;
-            }
-        }
-        for i in 0..D_OUT {
-            for j in 0..D_OUT {
-                s_ref[i * D_OUT + j] += g[i] * g[j] / valid.len() as f64;
-            }
-        }
-    }
+    let (a_ref, s_ref) = empirical_factors(&f);
+    let valid = DOC_INDEX.iter().filter(|&&d| d >= 0).count();
     assert!(
         rel_err(&layer.a, &a_ref) < 1e-5,
         "A: {}",
@@ -271,12 +262,12 @@ fn factors_equal_brute_force_sums_and_eigenvalues_the_brute_force_mean() {
         "S: {}",
         rel_err(&layer.s, &s_ref)
     );
-    assert_eq!(layer.tokens, valid.len() as u64);
-    assert!((layer.tokens_per_example - valid.len() as f64 / DOCS as f64).abs() < 1e-12);
+    assert_eq!(layer.tokens, valid as u64);
+    assert!((layer.tokens_per_example - valid as f64 / DOCS as f64).abs() < 1e-12);
 
     // Λ_ij = mean_n (Q_Sᵀ G_n Q_A)_ij² over the re-run documents (all four here).
     let reference = reference_grads(&f);
-    let mut lam_ref = vec![0.0; D_OUT * da];
+    let mut lam_ref = vec![0.0; D_OUT * (D_IN + 1)];
     for g in &reference {
         for (l, v) in lam_ref
             .iter_mut()
@@ -401,23 +392,201 @@ fn bad_batches_and_call_order_are_reported() {
     assert!(e.to_string().contains("arm()"), "{e}");
 }
 
+/// The true-Fisher fit: the window's re-run draws its labels from the model (`N(y, I)` here),
+/// and S and Λ must be those of the drawn labels' gradients `−ε_t`, not the training labels'.
+/// Brute force on the host from the logged draws; A stays the training tokens' (it does not
+/// depend on labels). The test fails if the fit used the empirical labels: the two S differ by
+/// far more than the tolerance (asserted).
 #[test]
-fn sampled_fisher_path_re_estimates_s_from_the_re_run() {
-    // This loss ignores labels, so the "sampled" re-run sees the training gradients again: S and Λ
-    // from the sampled path must equal the empirical ones (same normalisation, same documents).
-    let fit = |fisher| {
-        let f = fixture(exact_config(LossReduction::MeanOverTokens).fisher(fisher));
-        run_step(&f, LossReduction::MeanOverTokens).windows[0].layers[0].clone()
-    };
-    let emp = fit(influence_core::FisherLabels::Empirical);
-    let smp = fit(influence_core::FisherLabels::Sampled);
+fn sampled_fisher_fit_uses_the_labels_drawn_from_the_model() {
+    let config = exact_config(LossReduction::MeanOverTokens);
+    let seed = config.seed;
+    let f = fixture(config.fisher(influence_core::FisherLabels::Sampled));
+    let (it, sb) = batch(&f, LossReduction::MeanOverTokens);
+    hooked_step(&f, &it, &sb);
+    f.hook.finish(&f.net).expect("finish");
+    let store = f.sink.store().clone();
+    let layer = &store.windows[0].layers[0];
+    let drawn = it.drawn.lock().expect("draw log").clone();
+    // One re-run batch (fit_batches 1) in window 0: seed `config.seed ^ (0 << 32) + 0`.
+    assert_eq!(drawn.len(), 1, "one draw per re-run batch");
+    let (drawn_seed, eps) = &drawn[0];
+    assert_eq!(*drawn_seed, seed);
+
+    let da = D_IN + 1;
+    let valid: Vec<usize> = (0..B * S).filter(|&p| DOC_INDEX[p] >= 0).collect();
+    let g = |p: usize, o: usize| -f64::from(eps[p * D_OUT + o]);
+    let mut s_ref = vec![0.0; D_OUT * D_OUT];
+    for &p in &valid {
+        for i in 0..D_OUT {
+            for j in 0..D_OUT {
+                s_ref[i * D_OUT + j] += g(p, i) * g(p, j) / valid.len() as f64;
+            }
+        }
+    }
+    let e = rel_err(&layer.s, &s_ref);
+    assert!(e < 1e-5, "S against the drawn labels: {e}");
+    let (_, s_emp) = empirical_factors(&f);
     assert!(
-        rel_err(&smp.s, &emp.s) < 1e-5,
-        "S: {}",
-        rel_err(&smp.s, &emp.s)
+        rel_err(&s_emp, &s_ref) > 1e-2,
+        "the drawn and the training labels must give different S for this test to mean anything"
     );
-    let (ce, cs) = (emp.corrected.expect("Λ"), smp.corrected.expect("Λ"));
-    assert!(rel_err(&cs, &ce) < 1e-4, "Λ: {}", rel_err(&cs, &ce));
+
+    // Λ_ij = mean_n (Q_Sᵀ G̃_n Q_A)²_ij, G̃_n = Σ_{t∈n} g_t ã_tᵀ with the drawn labels' g_t.
+    let mut lam_ref = vec![0.0; D_OUT * da];
+    for doc in 0..DOCS {
+        let mut gn = vec![0.0; D_OUT * da];
+        for p in positions(doc) {
+            for o in 0..D_OUT {
+                for i in 0..da {
+                    let a = if i < D_IN {
+                        f64::from(f.x[p * D_IN + i])
+                    } else {
+                        1.0
+                    };
+                    gn[o * da + i] += g(p, o) * a;
+                }
+            }
+        }
+        for (l, v) in lam_ref
+            .iter_mut()
+            .zip(rotate_dense(&gn, &layer.eig_s, &layer.eig_a))
+        {
+            *l += v * v / DOCS as f64;
+        }
+    }
+    let lam = layer.corrected.as_ref().expect("corrected eigenvalues");
+    let e = rel_err(lam, &lam_ref);
+    assert!(e < 1e-4, "Λ against the drawn labels: {e}");
+}
+
+/// The layer's weight (`[d_in, d_out]`, row-major) and bias on the host.
+fn host_params(f: &Fixture) -> (Vec<f64>, Vec<f64>) {
+    let layer = &f.net.layer.linear;
+    let bias = layer.bias.as_ref().expect("bias").val().reshape([1, D_OUT]);
+    (
+        influence_tests::host(layer.weight.val()),
+        influence_tests::host(bias),
+    )
+}
+
+/// The brute-force A and S (f64) of the fixture's training batch: `ã_t = (x_t, 1)` and
+/// `g_t = y_t − r_t` over the valid tokens, each divided by their count.
+fn empirical_factors(f: &Fixture) -> (Vec<f64>, Vec<f64>) {
+    let (w, bias) = host_params(f);
+    let da = D_IN + 1;
+    let (mut a_ref, mut s_ref) = (vec![0.0; da * da], vec![0.0; D_OUT * D_OUT]);
+    let valid: Vec<usize> = (0..B * S).filter(|&p| DOC_INDEX[p] >= 0).collect();
+    for &p in &valid {
+        let mut a: Vec<f64> = f.x[p * D_IN..(p + 1) * D_IN]
+            .iter()
+            .map(|&v| f64::from(v))
+            .collect();
+        a.push(1.0);
+        let g: Vec<f64> = (0..D_OUT)
+            .map(|o| {
+                let y: f64 = bias[o] + (0..D_IN).map(|i| a[i] * w[i * D_OUT + o]).sum::<f64>();
+                y - f64::from(f.r[p * D_OUT + o])
+            })
+            .collect();
+        for i in 0..da {
+            for j in 0..da {
+                a_ref[i * da + j] += a[i] * a[j] / valid.len() as f64;
+            }
+        }
+        for i in 0..D_OUT {
+            for j in 0..D_OUT {
+                s_ref[i * D_OUT + j] += g[i] * g[j] / valid.len() as f64;
+            }
+        }
+    }
+    (a_ref, s_ref)
+}
+
+/// KFAC's absolute scale. The per-token factors give `S ⊗ A`, a per-*token* Fisher; the Fisher
+/// the influence needs is per *example*, `F = mean_n vec(G_n) vec(G_n)ᵀ`, which KFAC
+/// approximates as `c · S ⊗ A` with `c` the tokens per example. The batch here is built so that
+/// this is exact: every token's input is one of two vectors `a₁, a₂` (four tokens each), each
+/// document's first token carries one of two output gradients `g₁, g₂` and its other tokens
+/// none (targets equal to the prediction), with the four (a, g) pairs on the four documents.
+/// Then `F = ¼ (Σ g gᵀ) ⊗ (Σ ã ãᵀ) = c · S ⊗ A` with `c = 8 tokens / 4 documents = 2`. The test
+/// builds F densely from autodiff gradients of each document alone and compares it entrywise
+/// with `c · S ⊗ A` from the stored factors and the stored `c`; the KFAC eigenvalues must then
+/// equal the EK-FAC ones fitted on the same documents. A wrong `c` (per sequence, 8/3, or with
+/// padding counted, 12/4) fails by 33 % or more; `c = 1` is asserted to fail.
+#[test]
+fn kfac_scale_is_the_dense_per_example_fisher_when_kronecker_is_exact() {
+    let mut f = fixture(exact_config(LossReduction::MeanOverTokens));
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut draw = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
+    let (a1, a2, g1, g2) = (draw(D_IN), draw(D_IN), draw(D_OUT), draw(D_OUT));
+    let zero = vec![0.0f32; D_OUT];
+    // Position → (input, output gradient), per DOC_INDEX: docs [0,1], [2,3], [4,5,6], [8].
+    let plan: [(usize, &[f32], &[f32]); 8] = [
+        (0, &a1, &g1),
+        (1, &a2, &zero),
+        (2, &a1, &g2),
+        (3, &a2, &zero),
+        (4, &a2, &g1),
+        (5, &a1, &zero),
+        (6, &a1, &zero),
+        (8, &a2, &g2),
+    ];
+    let (w, bias) = host_params(&f);
+    for (p, a, g) in plan {
+        f.x[p * D_IN..(p + 1) * D_IN].copy_from_slice(a);
+        for o in 0..D_OUT {
+            let y = bias[o]
+                + (0..D_IN)
+                    .map(|i| f64::from(a[i]) * w[i * D_OUT + o])
+                    .sum::<f64>();
+            f.r[p * D_OUT + o] = (y - f64::from(g[o])) as f32;
+        }
+    }
+    let store = run_step(&f, LossReduction::MeanOverTokens);
+    let layer = &store.windows[0].layers[0];
+    let c = influence_ekfac::tokens_per_example(layer);
+    assert!((c - 2.0).abs() < 1e-12, "tokens per example {c}");
+
+    let da = D_IN + 1;
+    let n = D_OUT * da;
+    let reference = reference_grads(&f);
+    let mut dense = vec![0.0; n * n];
+    for g in &reference {
+        for i in 0..n {
+            for j in 0..n {
+                dense[i * n + j] += g[i] * g[j] / DOCS as f64;
+            }
+        }
+    }
+    let kron = |c: f64| -> Vec<f64> {
+        let mut out = vec![0.0; n * n];
+        for (o, i) in (0..D_OUT).flat_map(|o| (0..da).map(move |i| (o, i))) {
+            for (p, j) in (0..D_OUT).flat_map(|p| (0..da).map(move |j| (p, j))) {
+                out[(o * da + i) * n + p * da + j] =
+                    c * layer.s[o * D_OUT + p] * layer.a[i * da + j];
+            }
+        }
+        out
+    };
+    let e = rel_err(&kron(c), &dense);
+    assert!(
+        e < 1e-5,
+        "c · S ⊗ A against the dense per-example Fisher: {e}"
+    );
+    let e1 = rel_err(&kron(1.0), &dense);
+    assert!(
+        e1 > 0.3,
+        "the per-token scale (c = 1) must be visibly wrong: {e1}"
+    );
+
+    let kfac = influence_ekfac::kfac_eigenvalues(&layer.eig_s, &layer.eig_a, c);
+    let ekfac = layer.corrected.as_ref().expect("corrected eigenvalues");
+    let e = rel_err(&kfac, ekfac);
+    assert!(
+        e < 1e-4,
+        "KFAC against EK-FAC eigenvalues where Kronecker is exact: {e}"
+    );
 }
 
 /// Eigenbasis sketches: the first window's basis is fitted on its first batch (warm-up), later
