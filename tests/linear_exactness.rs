@@ -39,8 +39,11 @@ struct Item {
     scale: f64,
     /// Every label draw of a sampled-Fisher fit: the seed and the noise `ε` (`[b, s, d_out]`,
     /// row-major) added to the prediction.
-    drawn: Arc<Mutex<Vec<(u64, Vec<f32>)>>>,
+    drawn: DrawLog,
 }
+
+/// Seeds and noise of the label draws, shared by an item's clones.
+type DrawLog = Arc<Mutex<Vec<(u64, Vec<f32>)>>>;
 
 impl FitLoss<Item> for Net {
     /// `scale · ½ Σ_t w_t ‖y_t − r_t‖²`, with `r_t` the item's targets, or, for sampled labels,
