@@ -280,7 +280,10 @@ impl ExternalScores {
             queries: nq,
             docs: self.docs.clone(),
             per_nat,
-            per_layer: totals.clone(),
+            layer_totals: (0..nq)
+                .map(|q| (0..nd).map(|d| totals[d * nq + q]).sum())
+                .collect(),
+            splits: HashMap::new(),
             totals,
             row_weights: vec![Vec::new(); nd],
             stats: ScoreStats {
@@ -638,7 +641,14 @@ mod tests {
                 docs,
                 totals,
                 per_nat,
-                per_layer,
+                // Query-major sums over the documents, per layer.
+                layer_totals: (0..4)
+                    .map(|i| (0..3).map(|d| per_layer[d * 4 + i]).sum())
+                    .collect(),
+                splits: (0..3)
+                    .flat_map(|d| (0..2).map(move |q| (d, q)))
+                    .map(|(d, q)| ((d, q), per_layer[d * 4 + q * 2..d * 4 + q * 2 + 2].to_vec()))
+                    .collect(),
                 row_weights: vec![Vec::new(); 3],
                 stats: ScoreStats::default(),
             },
@@ -679,7 +689,10 @@ mod tests {
         for d in 0..3 {
             assert_eq!(b.scores.score(d, 0), a.scores.score(d, 1));
             assert_eq!(b.scores.score(d, 1), a.scores.score(d, 0));
-            assert_eq!(b.scores.layer_scores(d, 0), [a.scores.score(d, 1)]);
+            assert_eq!(
+                b.scores.layer_scores(d, 0),
+                Some(vec![a.scores.score(d, 1)])
+            );
         }
         assert_eq!(b.scores.top(1, 1), a.scores.top(0, 1));
         let report = b.report(2, 1);

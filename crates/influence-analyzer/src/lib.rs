@@ -56,5 +56,5 @@ pub use posthoc::{SketchSummary, TokenInfluence, TokenScorer, sketch_corpus};
 pub use query::{PreparedQueries, QueryGradients, read_queries};
 pub use rerank::{RerankStats, Reranked, rerank};
 pub use results::{QueryResult, Ranked, Report, write_scores_arrow};
-pub use scorer::{DocInfo, ScoreStats, Scores, score_store};
+pub use scorer::{DocInfo, ScoreStats, Scores, layer_splits, score_store};
 pub use task::{Document, Query, Task};

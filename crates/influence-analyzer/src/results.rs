@@ -32,8 +32,11 @@ pub struct Ranked {
     /// window's checkpoint, summed over windows ([`crate::Scores::per_nat`]); `score / nats`
     /// with one window.
     pub score_per_nat: f64,
-    /// The score split by layer (store order).
-    pub per_layer: Vec<f64>,
+    /// The sketch score split by layer (store order): present with one layer, and for the
+    /// documents whose split was computed ([`Analysis::add_layer_splits`]; `influence query`
+    /// does it for every document it lists).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_layer: Option<Vec<f64>>,
     /// Rows (training steps) of the document that were scored.
     pub rows: u32,
 }
@@ -99,7 +102,7 @@ impl Analysis {
             score,
             exact,
             score_per_nat: per_nat,
-            per_layer: s.layer_scores(d, q).to_vec(),
+            per_layer: s.layer_scores(d, q),
             rows: s.docs[d].rows,
         }
     }
@@ -119,6 +122,52 @@ impl Analysis {
         self.report_with(top_k, bottom_k, Some(reranked))
     }
 
+    /// Query `q`'s top and bottom lists: by sketch score, or by exact score where re-ranked.
+    fn lists(
+        &self,
+        q: usize,
+        top_k: usize,
+        bottom_k: usize,
+        exact: Option<&Reranked>,
+    ) -> (Vec<usize>, Vec<usize>) {
+        let s = &self.scores;
+        match exact {
+            Some(r) => (r.merged_top(s, q, top_k), r.merged_bottom(s, q, bottom_k)),
+            None => (s.top(q, top_k), s.bottom(q, bottom_k)),
+        }
+    }
+
+    /// The `(document, query)` pairs a report with these lists shows.
+    pub fn listed_pairs(
+        &self,
+        reranked: Option<&Reranked>,
+        top_k: usize,
+        bottom_k: usize,
+    ) -> Vec<(usize, usize)> {
+        (0..self.queries.len())
+            .flat_map(|q| {
+                let (top, bottom) = self.lists(q, top_k, bottom_k, reranked);
+                top.into_iter().chain(bottom).map(move |d| (d, q))
+            })
+            .collect()
+    }
+
+    /// Computes the per-layer splits of `pairs` ([`crate::layer_splits`], one more pass over
+    /// the shards) and keeps them in [`crate::Scores::splits`], where the reports find them.
+    /// `store` and `config` must be the ones the analysis was scored with.
+    pub fn add_layer_splits(
+        &mut self,
+        store: &influence_store::Store,
+        config: &crate::ScoreConfig,
+        device: &burn::tensor::Device,
+        pairs: &[(usize, usize)],
+    ) -> Result<(), AnalyzerError> {
+        let splits =
+            crate::layer_splits(store, &self.prepared, config, device, &self.scores, pairs)?;
+        self.scores.splits.extend(splits);
+        Ok(())
+    }
+
     fn report_with(&self, top_k: usize, bottom_k: usize, exact: Option<&Reranked>) -> Report {
         let s = &self.scores;
         let queries = self
@@ -127,22 +176,13 @@ impl Analysis {
             .enumerate()
             .map(|(q, query)| {
                 let col = s.column(q);
-                let mut layer_totals = vec![0.0; s.layers.len()];
-                for d in 0..s.docs.len() {
-                    for (t, v) in layer_totals.iter_mut().zip(s.layer_scores(d, q)) {
-                        *t += v;
-                    }
-                }
                 let rank = |list: Vec<usize>| {
                     list.into_iter()
                         .enumerate()
                         .map(|(i, d)| self.ranked(q, d, i + 1, exact))
                         .collect()
                 };
-                let (top, bottom) = match exact {
-                    Some(r) => (r.merged_top(s, q, top_k), r.merged_bottom(s, q, bottom_k)),
-                    None => (s.top(q, top_k), s.bottom(q, bottom_k)),
-                };
+                let (top, bottom) = self.lists(q, top_k, bottom_k, exact);
                 QueryResult {
                     id: query.id.clone(),
                     prompt: query.prompt.clone(),
@@ -150,7 +190,7 @@ impl Analysis {
                     nats: self.nats()[q],
                     total_positive: col.iter().filter(|v| **v > 0.0).sum(),
                     total_negative: col.iter().filter(|v| **v < 0.0).sum(),
-                    layer_totals,
+                    layer_totals: s.layer_total(q).to_vec(),
                     top: rank(top),
                     bottom: rank(bottom),
                     extra: query.extra.clone(),
@@ -204,8 +244,13 @@ impl Report {
                         r.rows,
                         r.exact.map(|v| v.to_string()).unwrap_or_default()
                     ));
-                    for v in &r.per_layer {
-                        out.push_str(&format!(",{v}"));
+                    match &r.per_layer {
+                        Some(split) => {
+                            for v in split {
+                                out.push_str(&format!(",{v}"));
+                            }
+                        }
+                        None => out.push_str(&",".repeat(self.layers.len())),
                     }
                     out.push('\n');
                 }

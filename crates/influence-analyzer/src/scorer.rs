@@ -62,8 +62,13 @@ pub struct Scores {
     /// `docs × queries`: the influence of each document on each query (summed over the
     /// document's rows, each scored against its own window).
     pub totals: Vec<f64>,
-    /// `docs × queries × layers`: the same, split by layer.
-    pub per_layer: Vec<f64>,
+    /// `queries × layers`: each query's score summed over all documents, split by layer (the
+    /// per-layer influence of the whole store).
+    pub layer_totals: Vec<f64>,
+    /// Per-layer splits of [`Scores::totals`] for selected `(document, query)` pairs, one value
+    /// per layer: only those computed by [`layer_splits`] (for the documents a report lists),
+    /// never `documents × queries × layers` — see [`score_store`] for the memory bound.
+    pub splits: HashMap<(usize, usize), Vec<f64>>,
     /// `docs × queries`: the influence per nat, `Σ_w s_w / nats_w`: each window's part of the
     /// score divided by the query's `−log p(completion | prompt)` at that window's checkpoint
     /// (equal to `totals / nats` with one window). A window's score is a first-order change of
@@ -99,11 +104,19 @@ impl Scores {
             .collect()
     }
 
-    /// The per-layer split of [`Scores::score`].
-    pub fn layer_scores(&self, d: usize, q: usize) -> &[f64] {
+    /// The per-layer split of [`Scores::score`]: the score itself with one layer, else the
+    /// split [`layer_splits`] computed for this pair (`None` when none was).
+    pub fn layer_scores(&self, d: usize, q: usize) -> Option<Vec<f64>> {
+        if self.layers.len() == 1 {
+            return Some(vec![self.score(d, q)]);
+        }
+        self.splits.get(&(d, q)).cloned()
+    }
+
+    /// Query `q`'s score summed over all documents, per layer (store order).
+    pub fn layer_total(&self, q: usize) -> &[f64] {
         let l = self.layers.len();
-        let o = (d * self.queries + q) * l;
-        &self.per_layer[o..o + l]
+        &self.layer_totals[q * l..(q + 1) * l]
     }
 
     /// Query `q`'s score for every document, in [`Scores::docs`] order.
@@ -215,9 +228,37 @@ struct Accumulator {
     docs: Vec<DocInfo>,
     totals: Vec<f64>,
     per_nat: Vec<f64>,
-    per_layer: Vec<f64>,
+    layer_totals: Vec<f64>,
     row_weights: Vec<Vec<(u32, f64)>>,
     nonfinite_logged: usize,
+}
+
+/// A row's weights: `kept` what its document's window weight adds (1, or the learning rate),
+/// `scale` what its scores are multiplied by (`kept`, divided by the row norm when rows are
+/// normalised). `None` for a row with a non-finite score or norm (a sketch that holds NaN or
+/// ∞, or overflows in the matmul): such a row adds nothing, in either pass.
+fn row_weight(
+    chunk: &SketchChunk,
+    r: usize,
+    row: &[f32],
+    norms: Option<&[f32]>,
+    lr_weighting: bool,
+) -> Option<(f64, f64)> {
+    if !norms.is_none_or(|n| n[r].is_finite()) || row.iter().any(|v| !v.is_finite()) {
+        return None;
+    }
+    let kept = if lr_weighting {
+        chunk.learning_rates[r]
+    } else {
+        1.0
+    };
+    let scale = match norms {
+        // A zero row scores zero whatever it is divided by.
+        Some(n) if n[r] > 0.0 => kept / f64::from(n[r]),
+        Some(_) => 0.0,
+        None => kept,
+    };
+    Some((kept, scale))
 }
 
 impl Accumulator {
@@ -235,16 +276,13 @@ impl Accumulator {
         });
         self.totals.extend(std::iter::repeat_n(0.0, self.nq));
         self.per_nat.extend(std::iter::repeat_n(0.0, self.nq));
-        self.per_layer
-            .extend(std::iter::repeat_n(0.0, self.nq * self.nl));
         self.row_weights.push(Vec::new());
         d
     }
 
     /// `scores`: `rows × (layers · queries)`, layer-major within a row; `nats`: per query, the
-    /// window's `−log p(completion | prompt)`; `norms`: each row's
-    /// norm in the scoring metric when rows are normalised. A row with a non-finite score or
-    /// norm (a sketch that holds NaN or ∞, or overflows in the matmul) adds nothing — not even
+    /// window's `−log p(completion | prompt)`; `norms`: each row's norm in the scoring metric
+    /// when rows are normalised. A row with a non-finite score or norm adds nothing — not even
     /// its document — and is counted in the returned number and logged.
     fn add(
         &mut self,
@@ -259,8 +297,7 @@ impl Accumulator {
         let mut bad = 0;
         for r in 0..chunk.len() {
             let row = &scores[r * nl * nq..(r + 1) * nl * nq];
-            let norm_ok = norms.is_none_or(|n| n[r].is_finite());
-            if !norm_ok || row.iter().any(|v| !v.is_finite()) {
+            let Some((kept, w)) = row_weight(chunk, r, row, norms, lr_weighting) else {
                 bad += 1;
                 if self.nonfinite_logged < 20 {
                     self.nonfinite_logged += 1;
@@ -276,30 +313,20 @@ impl Accumulator {
                     );
                 }
                 continue;
-            }
+            };
             let d = self.doc(chunk.doc_ids[r], &chunk.sources[r]);
             let info = &mut self.docs[d];
             info.rows += 1;
             info.tokens += u64::from(chunk.tokens[r]);
-            let mut w = if lr_weighting {
-                chunk.learning_rates[r]
-            } else {
-                1.0
-            };
             let weights = &mut self.row_weights[d];
             match weights.iter_mut().find(|(x, _)| *x == window) {
-                Some((_, sum)) => *sum += w,
-                None => weights.push((window, w)),
-            }
-            if let Some(norms) = norms {
-                // A zero row scores zero whatever it is divided by.
-                let n = f64::from(norms[r]);
-                w = if n > 0.0 { w / n } else { 0.0 };
+                Some((_, sum)) => *sum += kept,
+                None => weights.push((window, kept)),
             }
             for l in 0..nl {
                 for q in 0..nq {
                     let v = w * f64::from(row[l * nq + q]);
-                    self.per_layer[(d * nq + q) * nl + l] += v;
+                    self.layer_totals[q * nl + l] += v;
                     self.totals[d * nq + q] += v;
                     self.per_nat[d * nq + q] += v / nats[q];
                 }
@@ -309,8 +336,149 @@ impl Accumulator {
     }
 }
 
+/// The queries of every scored window on the device, and how a decoded chunk is scored
+/// against them — shared by the scoring pass and the layer-split pass.
+struct Scoring<'a> {
+    run: &'a influence_core::RunInfo,
+    device: Device,
+    /// Per window and layer: Qᵀ as a `[k_g·k_a, queries]` tensor.
+    queries: HashMap<u32, Vec<Tensor<2>>>,
+    /// Per window and layer: the row metric as a `[k_g·k_a, 1]` column when rows are
+    /// normalised.
+    metrics: HashMap<u32, Vec<Tensor<2>>>,
+    nq: usize,
+}
+
+impl<'a> Scoring<'a> {
+    fn new(
+        run: &'a influence_core::RunInfo,
+        prepared: &[PreparedQueries],
+        config: &ScoreConfig,
+        device: &Device,
+    ) -> Result<Self, AnalyzerError> {
+        let nq = prepared.first().map_or(0, PreparedQueries::len);
+        if nq == 0 || prepared.iter().any(|p| p.len() != nq) {
+            return Err(AnalyzerError::argument(
+                "queries",
+                "no queries, or a different number per window",
+            ));
+        }
+        let device = device.clone().inner();
+        let mut queries = HashMap::new();
+        let mut metrics = HashMap::new();
+        // One layer's values as a `shape` tensor, after checking their count.
+        let upload = |values: Option<&Vec<f32>>, shape: [usize; 2], what: String| {
+            values
+                .filter(|v| v.len() == shape[0] * shape[1])
+                .map(|v| Tensor::<2>::from_data(TensorData::new(v.clone(), shape), &device))
+                .ok_or_else(|| {
+                    AnalyzerError::Mismatch(format!(
+                        "{what} do not have {}×{} values",
+                        shape[0], shape[1]
+                    ))
+                })
+        };
+        for p in prepared {
+            let mut per_layer = Vec::with_capacity(run.layers.len());
+            let mut m = Vec::with_capacity(run.layers.len());
+            for (l, spec) in run.layers.iter().enumerate() {
+                let kk = spec.sketch_len();
+                let layer =
+                    |what: &str| format!("window {}: {what} of layer {}", p.window, spec.name);
+                let t = upload(p.sketches.get(l), [nq, kk], layer("query sketches"))?;
+                per_layer.push(t.transpose());
+                if config.normalize {
+                    m.push(upload(
+                        p.row_metric.get(l),
+                        [kk, 1],
+                        layer("the row metric"),
+                    )?);
+                }
+            }
+            queries.insert(p.window, per_layer);
+            if config.normalize {
+                metrics.insert(p.window, m);
+            }
+        }
+        Ok(Self {
+            run,
+            device,
+            queries,
+            metrics,
+            nq,
+        })
+    }
+
+    /// Scores `chunk` (a window's rows, all layers) on the device: `rows × (layers · queries)`
+    /// values, layer-major within a row, and each row's norm in the scoring metric when rows
+    /// are normalised. The chunk's sketches are moved to the device, not copied.
+    fn score(
+        &self,
+        window: u32,
+        chunk: &mut SketchChunk,
+    ) -> Result<(Vec<f32>, Option<Vec<f32>>), AnalyzerError> {
+        let rows = chunk.len();
+        let q = &self.queries[&window];
+        let metric = self.metrics.get(&window);
+        let mut parts = Vec::with_capacity(self.run.layers.len());
+        let mut norm2: Option<Tensor<2>> = None;
+        for (l, spec) in self.run.layers.iter().enumerate() {
+            let kk = spec.sketch_len();
+            let values = std::mem::take(&mut chunk.sketches[l]);
+            let k = Tensor::<2>::from_data(TensorData::new(values, [rows, kk]), &self.device);
+            if let Some(m) = metric {
+                let n = (k.clone() * k.clone()).matmul(m[l].clone());
+                norm2 = Some(match norm2 {
+                    Some(acc) => acc + n,
+                    None => n,
+                });
+            }
+            parts.push(k.matmul(q[l].clone()));
+        }
+        let read = |t: Tensor<2>, what: &str| {
+            t.try_into_vec_as::<f32>()
+                .map_err(|e| AnalyzerError::Device(format!("reading {what}: {e:?}")))
+        };
+        let scores = read(Tensor::cat(parts, 1), "scores")?;
+        let norms = match norm2 {
+            Some(n) => Some(read(n.sqrt(), "row norms")?),
+            None => None,
+        };
+        Ok((scores, norms))
+    }
+}
+
+/// The rows `keep` of `chunk` (all its sketches' layers), in order.
+fn select_rows(chunk: &SketchChunk, keep: &[usize]) -> SketchChunk {
+    let pick = |v: &[f32]| -> Vec<f32> {
+        let k = v.len() / chunk.len().max(1);
+        keep.iter()
+            .flat_map(|&r| v[r * k..(r + 1) * k].iter().copied())
+            .collect()
+    };
+    SketchChunk {
+        doc_ids: keep.iter().map(|&r| chunk.doc_ids[r]).collect(),
+        steps: keep.iter().map(|&r| chunk.steps[r]).collect(),
+        windows: keep.iter().map(|&r| chunk.windows[r]).collect(),
+        learning_rates: keep.iter().map(|&r| chunk.learning_rates[r]).collect(),
+        losses: keep.iter().map(|&r| chunk.losses[r]).collect(),
+        tokens: keep.iter().map(|&r| chunk.tokens[r]).collect(),
+        sources: keep.iter().map(|&r| chunk.sources[r].clone()).collect(),
+        layers: chunk.layers.clone(),
+        sketches: chunk.sketches.iter().map(|v| pick(v)).collect(),
+    }
+}
+
 /// Scores every row of the store's windows that `prepared` covers against the prepared
-/// queries, on `device`. `progress` is called with the rows scored so far after each shard.
+/// queries, on `device`, in one streaming pass. `progress` is called with the rows scored so
+/// far after each shard.
+///
+/// Memory: besides the shards in flight (at most `2 × decode threads` decoded shards) and one
+/// chunk's scores, the pass keeps per document its [`DocInfo`] (~40 bytes), an id index entry
+/// (~30 bytes), its window weights (24 bytes plus 16 a window it has rows in) and two f64
+/// accumulators per query (totals and per nat): about `16 · queries + 100` bytes a document,
+/// whatever the number of layers. Layer splits are `queries × layers` totals plus, per pair
+/// asked for, one f64 per layer ([`layer_splits`]). Measured: `docs/performance.md`.
 pub fn score_store(
     store: &Store,
     prepared: &[PreparedQueries],
@@ -321,13 +489,8 @@ pub fn score_store(
     let wall = Instant::now();
     let run = store.run();
     let nl = run.layers.len();
-    let nq = prepared.first().map_or(0, PreparedQueries::len);
-    if nq == 0 || prepared.iter().any(|p| p.len() != nq) {
-        return Err(AnalyzerError::argument(
-            "queries",
-            "no queries, or a different number per window",
-        ));
-    }
+    let scoring = Scoring::new(run, prepared, config, device)?;
+    let nq = scoring.nq;
     for p in prepared {
         if let Some(q) = p.nats.iter().position(|n| !(n.is_finite() && *n > 0.0)) {
             return Err(AnalyzerError::NonFinite(format!(
@@ -338,63 +501,7 @@ pub fn score_store(
         }
     }
     let nats: HashMap<u32, &[f64]> = prepared.iter().map(|p| (p.window, &p.nats[..])).collect();
-    let device = device.clone().inner();
-    // Per window and layer: Qᵀ as a `[k_g·k_a, queries]` tensor on the device, and the row
-    // metric as a `[k_g·k_a, 1]` column when rows are normalised.
-    let mut queries: HashMap<u32, Vec<Tensor<2>>> = HashMap::new();
-    let mut metrics: HashMap<u32, Vec<Tensor<2>>> = HashMap::new();
-    // One layer's values as a `shape` tensor, after checking their count.
-    let upload = |values: Option<&Vec<f32>>, shape: [usize; 2], what: String| {
-        values
-            .filter(|v| v.len() == shape[0] * shape[1])
-            .map(|v| Tensor::<2>::from_data(TensorData::new(v.clone(), shape), &device))
-            .ok_or_else(|| {
-                AnalyzerError::Mismatch(format!(
-                    "{what} do not have {}×{} values",
-                    shape[0], shape[1]
-                ))
-            })
-    };
-    for p in prepared {
-        let mut per_layer = Vec::with_capacity(nl);
-        let mut m = Vec::with_capacity(nl);
-        for (l, spec) in run.layers.iter().enumerate() {
-            let kk = spec.sketch_len();
-            let layer = |what: &str| format!("window {}: {what} of layer {}", p.window, spec.name);
-            let t = upload(p.sketches.get(l), [nq, kk], layer("query sketches"))?;
-            per_layer.push(t.transpose());
-            if config.normalize {
-                m.push(upload(
-                    p.row_metric.get(l),
-                    [kk, 1],
-                    layer("the row metric"),
-                )?);
-            }
-        }
-        queries.insert(p.window, per_layer);
-        if config.normalize {
-            metrics.insert(p.window, m);
-        }
-    }
-    let all_layers: Vec<usize> = (0..nl).collect();
-    let mut skipped = 0u64;
-    let shards: Vec<&ShardEntry> = store
-        .manifest()
-        .shards
-        .iter()
-        .filter(|s| {
-            let keep = queries.contains_key(&s.window);
-            if !keep
-                && config
-                    .windows
-                    .as_ref()
-                    .is_none_or(|w| w.contains(&s.window))
-            {
-                skipped += s.rows;
-            }
-            keep
-        })
-        .collect();
+    let (shards, skipped) = scored_shards(store, &scoring, config);
     if skipped > 0 {
         tracing::warn!(
             rows = skipped,
@@ -408,7 +515,7 @@ pub fn score_store(
         docs: Vec::new(),
         totals: Vec::new(),
         per_nat: Vec::new(),
-        per_layer: Vec::new(),
+        layer_totals: vec![0.0; nq * nl],
         row_weights: Vec::new(),
         nonfinite_logged: 0,
     };
@@ -418,6 +525,7 @@ pub fn score_store(
         ..ScoreStats::default()
     };
     let mut score_seconds = 0.0;
+    let all_layers: Vec<usize> = (0..nl).collect();
     let decode = for_each_shard(
         store,
         &shards,
@@ -425,38 +533,12 @@ pub fn score_store(
         config.decode_threads_or_default(),
         |shard, chunks| {
             let t = Instant::now();
-            let q = &queries[&shard.window];
             for mut chunk in chunks {
                 if chunk.is_empty() {
                     continue;
                 }
                 let rows = chunk.len();
-                let metric = metrics.get(&shard.window);
-                let mut parts = Vec::with_capacity(nl);
-                let mut norm2: Option<Tensor<2>> = None;
-                for (l, spec) in run.layers.iter().enumerate() {
-                    let kk = spec.sketch_len();
-                    // Moved, not copied: the chunk's sketches go to the device as they are.
-                    let values = std::mem::take(&mut chunk.sketches[l]);
-                    let k = Tensor::<2>::from_data(TensorData::new(values, [rows, kk]), &device);
-                    if let Some(m) = metric {
-                        let n = (k.clone() * k.clone()).matmul(m[l].clone());
-                        norm2 = Some(match norm2 {
-                            Some(acc) => acc + n,
-                            None => n,
-                        });
-                    }
-                    parts.push(k.matmul(q[l].clone()));
-                }
-                let read = |t: Tensor<2>, what: &str| {
-                    t.try_into_vec_as::<f32>()
-                        .map_err(|e| AnalyzerError::Device(format!("reading {what}: {e:?}")))
-                };
-                let scores = read(Tensor::cat(parts, 1), "scores")?;
-                let norms = match norm2 {
-                    Some(n) => Some(read(n.sqrt(), "row norms")?),
-                    None => None,
-                };
+                let (scores, norms) = scoring.score(shard.window, &mut chunk)?;
                 let bad = acc.add(
                     shard.window,
                     &chunk,
@@ -484,10 +566,126 @@ pub fn score_store(
         docs: acc.docs,
         totals: acc.totals,
         per_nat: acc.per_nat,
-        per_layer: acc.per_layer,
+        layer_totals: acc.layer_totals,
+        splits: HashMap::new(),
         row_weights: acc.row_weights,
         stats,
     })
+}
+
+/// The shards of the windows `scoring` has queries for, and the rows of the windows
+/// `config` selects that are left out for want of a checkpoint or factors.
+fn scored_shards<'s>(
+    store: &'s Store,
+    scoring: &Scoring<'_>,
+    config: &ScoreConfig,
+) -> (Vec<&'s ShardEntry>, u64) {
+    let mut skipped = 0u64;
+    let shards = store
+        .manifest()
+        .shards
+        .iter()
+        .filter(|s| {
+            let keep = scoring.queries.contains_key(&s.window);
+            if !keep
+                && config
+                    .windows
+                    .as_ref()
+                    .is_none_or(|w| w.contains(&s.window))
+            {
+                skipped += s.rows;
+            }
+            keep
+        })
+        .collect();
+    (shards, skipped)
+}
+
+/// The per-layer splits of `scores` for the `(document, query)` pairs `pairs` (document
+/// indices into [`Scores::docs`]): a second streaming pass over the same shards, scoring only
+/// the rows of the documents asked for, weighted exactly as [`score_store`] weighted them
+/// (`prepared` and `config` must be the ones `scores` came from). Each split sums to the
+/// document's score to f64 rounding. Its cost is one more read and decode of the shards; its
+/// memory one f64 per layer and pair. Pairs already split, or of a one-layer store (whose
+/// split is the score), are not recomputed.
+pub fn layer_splits(
+    store: &Store,
+    prepared: &[PreparedQueries],
+    config: &ScoreConfig,
+    device: &Device,
+    scores: &Scores,
+    pairs: &[(usize, usize)],
+) -> Result<HashMap<(usize, usize), Vec<f64>>, AnalyzerError> {
+    let run = store.run();
+    let nl = run.layers.len();
+    let mut out: HashMap<(usize, usize), Vec<f64>> = HashMap::new();
+    // Per document id: its index and the queries it is split for.
+    let mut wanted: HashMap<u64, (usize, Vec<usize>)> = HashMap::new();
+    for &(d, q) in pairs {
+        let doc = scores.docs.get(d).ok_or_else(|| {
+            AnalyzerError::argument("pairs", format!("document index {d} is not in the scores"))
+        })?;
+        if q >= scores.queries {
+            return Err(AnalyzerError::argument(
+                "pairs",
+                format!("query index {q} of {} queries", scores.queries),
+            ));
+        }
+        if nl == 1 || scores.splits.contains_key(&(d, q)) || out.contains_key(&(d, q)) {
+            continue;
+        }
+        out.insert((d, q), vec![0.0; nl]);
+        wanted.entry(doc.id).or_insert((d, Vec::new())).1.push(q);
+    }
+    if wanted.is_empty() {
+        return Ok(out);
+    }
+    let scoring = Scoring::new(run, prepared, config, device)?;
+    let nq = scoring.nq;
+    if nq != scores.queries {
+        return Err(AnalyzerError::Mismatch(format!(
+            "the scores have {} queries, the prepared queries {nq}",
+            scores.queries
+        )));
+    }
+    let (shards, _) = scored_shards(store, &scoring, config);
+    let all_layers: Vec<usize> = (0..nl).collect();
+    for_each_shard(
+        store,
+        &shards,
+        &all_layers,
+        config.decode_threads_or_default(),
+        |shard, chunks| {
+            for chunk in chunks {
+                let keep: Vec<usize> = (0..chunk.len())
+                    .filter(|&r| wanted.contains_key(&chunk.doc_ids[r]))
+                    .collect();
+                if keep.is_empty() {
+                    continue;
+                }
+                let mut sub = select_rows(&chunk, &keep);
+                let (values, norms) = scoring.score(shard.window, &mut sub)?;
+                for r in 0..sub.len() {
+                    let row = &values[r * nl * nq..(r + 1) * nl * nq];
+                    let Some((_, w)) =
+                        row_weight(&sub, r, row, norms.as_deref(), config.lr_weighting)
+                    else {
+                        continue;
+                    };
+                    let (d, queries) = &wanted[&sub.doc_ids[r]];
+                    for &q in queries {
+                        if let Some(split) = out.get_mut(&(*d, q)) {
+                            for (l, v) in split.iter_mut().enumerate() {
+                                *v += w * f64::from(row[l * nq + q]);
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(())
+        },
+    )?;
+    Ok(out)
 }
 
 /// Per layer, the Fisher of the stored sketches of `window`: `mean over rows of vec(K) vec(K)ᵀ`

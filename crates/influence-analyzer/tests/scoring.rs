@@ -9,7 +9,7 @@
 //! rows, windows, layers or queries (which move scores by O(1)).
 
 use burn::tensor::Device;
-use influence_analyzer::{PreparedQueries, ScoreConfig, Scores, score_store};
+use influence_analyzer::{PreparedQueries, ScoreConfig, Scores, layer_splits, score_store};
 use influence_core::{
     FORMAT_VERSION, FisherLabels, LayerSpec, LossReduction, ProjectionKind, RunInfo, Sink,
     SketchBatch, SketchRowMeta,
@@ -190,6 +190,30 @@ fn reference(
     out
 }
 
+/// The scores' per-layer splits of every (document, query) pair, by the second pass.
+fn with_all_splits(
+    mut s: Scores,
+    store: &Store,
+    prepared: &[PreparedQueries],
+    config: &ScoreConfig,
+    device: &Device,
+) -> Scores {
+    assert!(
+        s.splits.is_empty(),
+        "the scoring pass keeps no per-layer split"
+    );
+    assert_eq!(s.layer_scores(0, 0), None);
+    let pairs: Vec<(usize, usize)> = (0..s.docs.len())
+        .flat_map(|d| (0..QUERIES).map(move |q| (d, q)))
+        .collect();
+    let splits = layer_splits(store, prepared, config, device, &s, &pairs).expect("splits");
+    assert_eq!(splits.len(), pairs.len());
+    s.splits = splits;
+    s
+}
+
+/// Scores, splits of every pair and layer totals against the brute force `want` (per document
+/// id, per query, per layer).
 fn check(s: &Scores, want: &std::collections::BTreeMap<u64, Vec<Vec<f64>>>) {
     assert_eq!(s.docs.len(), want.len(), "every document once");
     for q in 0..QUERIES {
@@ -204,13 +228,21 @@ fn check(s: &Scores, want: &std::collections::BTreeMap<u64, Vec<Vec<f64>>>) {
                 "doc {} query {q}",
                 doc.id
             );
-            for (got, w) in s.layer_scores(d, q).iter().zip(w) {
+            for (got, w) in s.layer_scores(d, q).expect("split").iter().zip(w) {
                 assert!(
                     (got - w).abs() < 1e-5 * scale,
                     "doc {} query {q} layer split",
                     doc.id
                 );
             }
+        }
+        // The whole store's per-layer totals.
+        for (l, got) in s.layer_total(q).iter().enumerate() {
+            let w: f64 = want.values().map(|v| v[q][l]).sum();
+            assert!(
+                (got - w).abs() < 1e-5 * scale * want.len() as f64,
+                "query {q} layer {l} total: {got}, want {w}"
+            );
         }
         // The top and bottom lists are the reference's order.
         let mut order: Vec<(u64, f64)> = want
@@ -287,6 +319,7 @@ fn scorer_equals_brute_force_on_every_window_and_layer() {
             s.stats.rows,
             batches.iter().map(|b| b.rows.len() as u64).sum::<u64>()
         );
+        let s = with_all_splits(s, &store, &prepared, &config, &device);
         check(&s, &reference(&batches, &prepared, lr, normalize));
         check_per_nat(&s, &batches, &prepared, lr, normalize);
     }
@@ -393,6 +426,8 @@ fn non_finite_rows_are_left_out_and_counted() {
         assert_eq!(s.stats.nonfinite_rows, 3, "normalize {normalize}");
         assert_eq!(s.stats.rows, total - 3);
         assert!(s.totals.iter().all(|v| v.is_finite()));
+        // The split pass leaves out the same rows.
+        let s = with_all_splits(s, &store, &prepared, &config, &Device::flex());
         check(&s, &reference(&clean, &prepared, false, normalize));
     }
 }
@@ -409,6 +444,7 @@ fn wgpu_scores_equal_cpu_scores() {
     for normalize in [true, false] {
         let config = ScoreConfig::default().normalize(normalize);
         let s = score_store(&store, &prepared, &config, &gpu, &mut |_| {}).expect("wgpu score");
+        let s = with_all_splits(s, &store, &prepared, &config, &gpu);
         check(&s, &reference(&batches, &prepared, false, normalize));
         let cpu =
             score_store(&store, &prepared, &config, &Device::flex(), &mut |_| {}).expect("cpu");
@@ -478,6 +514,7 @@ fn scoring_while_the_writer_runs_sees_committed_shards_only() {
                 committed.iter().map(|b| b.rows.len() as u64).sum::<u64>(),
                 "the snapshot up to step {last} is whole"
             );
+            let s = with_all_splits(s, &store, &prepared, &config, &device);
             check(&s, &reference(&committed, &prepared, false, false));
             snapshots.insert(last);
         }

@@ -444,13 +444,21 @@ fn query<T: Task>(task: &T, store: &Store, a: &QueryArgs) -> Result<()> {
     let out = output_format(a)?;
     let device = a.device.parse::<DeviceName>()?.device()?;
     let queries = read_queries(&a.queries)?;
-    let analysis = analyze_with_bars(task, store, &queries, &config, &device)?;
+    let mut analysis = analyze_with_bars(task, store, &queries, &config, &device)?;
     let corpus = corpus_by_id(task)?;
-    let report = match a.rerank {
-        Some(n) => {
-            let r = rerank_with_bar(task, store, &analysis, &corpus, &config, n, &device)?;
-            analysis.report_reranked(&r, config.top_k, config.bottom_k)
-        }
+    let reranked = match a.rerank {
+        Some(n) => Some(rerank_with_bar(
+            task, store, &analysis, &corpus, &config, n, &device,
+        )?),
+        None => None,
+    };
+    // The per-layer split of every listed document: one more pass over the shards.
+    let pairs = analysis.listed_pairs(reranked.as_ref(), config.top_k, config.bottom_k);
+    analysis
+        .add_layer_splits(store, &config, &device, &pairs)
+        .context("splitting the listed documents' scores by layer")?;
+    let report = match &reranked {
+        Some(r) => analysis.report_reranked(r, config.top_k, config.bottom_k),
         None => analysis.report(config.top_k, config.bottom_k),
     };
 
