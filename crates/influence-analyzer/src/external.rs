@@ -665,6 +665,39 @@ mod tests {
         e.to_string()
     }
 
+    /// More documents than one record batch of the streamed writer: the file holds several
+    /// batches and reads back whole, in order.
+    #[test]
+    fn arrow_of_many_documents_is_streamed_in_batches_and_reads_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("scores.arrow");
+        let n = 70_001;
+        let mut a = analysis();
+        a.queries.truncate(1);
+        a.scores.queries = 1;
+        a.scores.layers.truncate(1);
+        a.scores.docs = (0..n as u64)
+            .map(|id| DocInfo {
+                id: id * 3,
+                source: Arc::from(["a", "b"][(id % 2) as usize]),
+                rows: 1,
+                tokens: 1,
+            })
+            .collect();
+        a.scores.totals = (0..n).map(|d| d as f64 * 0.5 - 7.0).collect();
+        a.scores.per_nat = a.scores.totals.clone();
+        write_scores_arrow(&a, &path).expect("write");
+        let batches =
+            arrow_ipc::reader::FileReader::try_new(std::fs::File::open(&path).expect("open"), None)
+                .expect("reader")
+                .count();
+        assert_eq!(batches, 2, "streamed in two record batches");
+        let ext = ExternalScores::read(&path).expect("read");
+        assert_eq!(ext.docs.len(), n);
+        assert_eq!(ext.docs[n - 1].id, (n as u64 - 1) * 3);
+        assert_eq!(ext.column("q1"), Some(a.scores.totals.as_slice()));
+    }
+
     #[test]
     fn arrow_written_by_query_reads_back_with_equal_scores_and_nats() {
         let dir = tempfile::tempdir().expect("tempdir");

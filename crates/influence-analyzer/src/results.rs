@@ -269,9 +269,13 @@ fn csv_field(s: &str) -> String {
     }
 }
 
+/// Documents per record batch of [`write_scores_arrow`].
+const SCORE_BATCH_ROWS: usize = 65_536;
+
 /// Writes the full score vectors as a zstd Arrow IPC file: one row per document (`doc_id`,
 /// `source`, `rows`) and one `score:<query id>` f64 column per query; the query nats are in
-/// the schema metadata (`burn_influence.nats`, a JSON object).
+/// the schema metadata (`burn_influence.nats`, a JSON object). Streamed in record batches of
+/// 65,536 documents, so writing holds one batch's columns beside the scores, not a copy of all.
 pub fn write_scores_arrow(analysis: &Analysis, path: &Path) -> Result<(), AnalyzerError> {
     let s = &analysis.scores;
     let out_err = |e: &dyn std::fmt::Display| AnalyzerError::Output {
@@ -283,20 +287,12 @@ pub fn write_scores_arrow(analysis: &Analysis, path: &Path) -> Result<(), Analyz
         Field::new("source", DataType::Utf8, false),
         Field::new("rows", DataType::UInt32, false),
     ];
-    let mut columns: Vec<ArrayRef> = vec![
-        Arc::new(UInt64Array::from_iter_values(s.docs.iter().map(|d| d.id))),
-        Arc::new(StringArray::from_iter_values(
-            s.docs.iter().map(|d| d.source.as_ref()),
-        )),
-        Arc::new(UInt32Array::from_iter_values(s.docs.iter().map(|d| d.rows))),
-    ];
-    for (q, query) in analysis.queries.iter().enumerate() {
+    for query in &analysis.queries {
         fields.push(Field::new(
             format!("score:{}", query.id),
             DataType::Float64,
             false,
         ));
-        columns.push(Arc::new(Float64Array::from(s.column(q))));
     }
     let nats: serde_json::Map<String, serde_json::Value> = analysis
         .queries
@@ -314,14 +310,37 @@ pub fn write_scores_arrow(analysis: &Analysis, path: &Path) -> Result<(), Analyz
                 .collect::<std::collections::HashMap<_, _>>(),
         ),
     );
-    let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| out_err(&e))?;
     let file = std::fs::File::create(path).map_err(AnalyzerError::io(path))?;
     let options = arrow_ipc::writer::IpcWriteOptions::default()
         .try_with_compression(Some(arrow_ipc::CompressionType::ZSTD))
         .map_err(|e| out_err(&e))?;
     let mut w = arrow_ipc::writer::FileWriter::try_new_with_options(file, &schema, options)
         .map_err(|e| out_err(&e))?;
-    w.write(&batch).map_err(|e| out_err(&e))?;
+    let nd = s.docs.len();
+    // At least one (possibly empty) batch, so that a store without documents still reads back.
+    let mut start = 0;
+    loop {
+        let end = (start + SCORE_BATCH_ROWS).min(nd);
+        let docs = &s.docs[start..end];
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(UInt64Array::from_iter_values(docs.iter().map(|d| d.id))),
+            Arc::new(StringArray::from_iter_values(
+                docs.iter().map(|d| d.source.as_ref()),
+            )),
+            Arc::new(UInt32Array::from_iter_values(docs.iter().map(|d| d.rows))),
+        ];
+        for q in 0..analysis.queries.len() {
+            columns.push(Arc::new(Float64Array::from_iter_values(
+                (start..end).map(|d| s.score(d, q)),
+            )));
+        }
+        let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| out_err(&e))?;
+        w.write(&batch).map_err(|e| out_err(&e))?;
+        start = end;
+        if start >= nd {
+            break;
+        }
+    }
     w.finish().map_err(|e| out_err(&e))?;
     Ok(())
 }
