@@ -1013,11 +1013,13 @@ impl<B: Clone + Send + 'static> State<B> {
     ) -> Result<(), HookError> {
         let span = tracing::info_span!("close_window", window = self.window.index);
         let _enter = span.enter();
+        let started = std::time::Instant::now();
         let mut layers = if self.config.factors && !self.layers.is_empty() {
             self.fit_window(tap, model)?
         } else {
             Vec::new()
         };
+        let fit_seconds = started.elapsed().as_secs_f64();
         let device = self.device.clone();
         for (l, f) in self.layers.iter_mut().zip(layers.iter_mut()) {
             f.sketch_basis = l.basis.take().map(BasisDev::finish).transpose()?;
@@ -1032,16 +1034,21 @@ impl<B: Clone + Send + 'static> State<B> {
             learning_rates: std::mem::take(&mut self.window.learning_rates),
             layers,
         };
+        let serialising = std::time::Instant::now();
         let bytes = model
             .clone()
             .into_record()
             .into_bytes()
             .map_err(|e| HookError::Checkpoint(format!("window {}: {e}", record.window)))?;
+        let checkpoint_seconds = serialising.elapsed().as_secs_f64();
         self.sink.window(record)?;
         self.sink.checkpoint(self.window.index, bytes.to_vec())?;
         tracing::info!(
             window = self.window.index,
             step = self.step,
+            fit_seconds,
+            checkpoint_seconds,
+            seconds = started.elapsed().as_secs_f64(),
             "window closed"
         );
         self.window.index += 1;
@@ -1113,10 +1120,11 @@ impl<B: Clone + Send + 'static> State<B> {
             self.window.factor_doc_tokens as f64 / self.window.factor_docs as f64
         };
 
-        let mut out = Vec::with_capacity(self.layers.len());
+        // Phase 1, per layer on the device: A and S (S from the sampled labels' re-run for the
+        // true Fisher), read back in f64.
+        let mut moments = Vec::with_capacity(self.layers.len());
         for (li, l) in self.layers.iter().enumerate() {
             let name = &l.spec.name;
-            let (da, ds) = (l.spec.d_in_aug(), l.spec.d_out);
             let (Some(a_sum), Some(s_sum)) = (l.a_sum.clone(), l.s_sum.clone()) else {
                 return Err(HookError::Order(format!(
                     "layer {name}: window {} has no factor step",
@@ -1161,8 +1169,44 @@ impl<B: Clone + Send + 'static> State<B> {
             }
             check_finite(self.window.index, name, "A", Some(&a))?;
             check_finite(self.window.index, name, "S", Some(&s))?;
-            let eig_a = influence_ekfac::eigh_named(&a, da, &format!("{name}: A"))?;
-            let eig_s = influence_ekfac::eigh_named(&s, ds, &format!("{name}: S"))?;
+            moments.push((a, s));
+        }
+        // Phase 2, on the host: the f64 eigendecompositions of every layer's A and S, the bulk
+        // of a close, on all cores (they are independent; the result is the same whatever the
+        // number of threads).
+        let t = std::time::Instant::now();
+        let specs: Vec<(usize, usize, &str)> = self
+            .layers
+            .iter()
+            .map(|l| (l.spec.d_in_aug(), l.spec.d_out, l.spec.name.as_str()))
+            .collect();
+        let eigs = parallel_map(moments.len() * 2, |i| {
+            let (da, ds, name) = specs[i / 2];
+            let (a, s) = &moments[i / 2];
+            if i % 2 == 0 {
+                influence_ekfac::eigh_named(a, da, &format!("{name}: A"))
+            } else {
+                influence_ekfac::eigh_named(s, ds, &format!("{name}: S"))
+            }
+        });
+        tracing::debug!(
+            window = self.window.index,
+            factors = eigs.len(),
+            seconds = t.elapsed().as_secs_f64(),
+            "eigendecompositions"
+        );
+        let mut eigs = eigs.into_iter();
+        // Phase 3, per layer on the device: the corrected eigenvalues from the re-run.
+        let mut out = Vec::with_capacity(self.layers.len());
+        for ((li, l), (a, s)) in self.layers.iter().enumerate().zip(moments) {
+            let name = &l.spec.name;
+            let (da, ds) = (l.spec.d_in_aug(), l.spec.d_out);
+            let (Some(eig_a), Some(eig_s)) = (eigs.next(), eigs.next()) else {
+                return Err(HookError::Order(format!(
+                    "layer {name}: an eigendecomposition is missing"
+                )));
+            };
+            let (eig_a, eig_s) = (eig_a?, eig_s?);
 
             let (corrected, corrected_examples) = if reruns.is_empty() {
                 (None, 0)
@@ -1230,6 +1274,43 @@ impl<B: Clone + Send + 'static> State<B> {
         }
         Ok(out)
     }
+}
+
+/// `f(0..n)` on up to one thread per core (scoped; each thread takes the next index), results
+/// in index order.
+fn parallel_map<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(n);
+    if threads <= 1 {
+        return (0..n).map(f).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut done: Vec<(usize, T)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= n {
+                            break mine;
+                        }
+                        mine.push((i, f(i)));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| match w.join() {
+                Ok(v) => v,
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
+    });
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, v)| v).collect()
 }
 
 /// A window's factor values must be finite before anything of the window is written.
